@@ -1,0 +1,224 @@
+"""Command line: the only place that prints for humans and maps errors to exit codes."""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from projectrun import __version__
+from projectrun.errors import EXIT_USAGE, ProjectRunError, SpecError
+
+ENV_MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
+
+
+class DefaultRunGroup(click.Group):
+    """``projectrun URI ...`` means ``projectrun run URI ...``: the first word that is not a
+    subcommand or an option is taken as the project URI."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            if arg.startswith("-"):
+                if arg in ("--help", "-h", "--version"):
+                    break
+                continue
+            if arg not in self.commands:
+                args = [*args[:i], "run", *args[i:]]
+            break
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultRunGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=False)
+@click.version_option(__version__, prog_name="projectrun")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Run MLflow Projects: validated, cached, recorded.
+
+    \b
+      projectrun . -P alpha=0.5 --experiment-name demo    run the main entry point
+      projectrun validate .                               check an MLproject
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _docker_args(items: Sequence[str]) -> dict[str, str | bool]:
+    out: dict[str, str | bool] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise click.UsageError(f"invalid -A value '{item}': use -A name or -A name=value")
+        if name in out:
+            raise click.UsageError(f"-A {name} given twice; give it once")
+        out[name] = value if sep else True
+    return out
+
+
+@cli.command("run")
+@click.argument("uri")
+@click.option("-e", "--entry-point", default="main", show_default=True, help="Entry point name or script path.")
+@click.option("-v", "--version", "version", help="Git branch, tag or commit (git URIs).")
+@click.option("-P", "--param-list", "param_list", multiple=True, metavar="NAME=VALUE",
+              help="A parameter; repeat for more. The value may contain '='.")
+@click.option("-A", "--docker-args", "docker_args", multiple=True, metavar="NAME[=VALUE]",
+              help="Extra `docker run` argument (docker_env projects).")
+@click.option("--experiment-name", help="Experiment to record in; created if missing. [env: MLFLOW_EXPERIMENT_NAME]")
+@click.option("--experiment-id", help="Experiment id to record in. [env: MLFLOW_EXPERIMENT_ID]")
+@click.option("--run-name", help="Name of the MLflow run.")
+@click.option("--env-manager", type=click.Choice(ENV_MANAGERS), help="How to build the environment "
+              "(default: from the project, as `mlflow run` chooses).")
+@click.option("-b", "--backend", default="local", show_default=True, help="Only 'local' is supported.")
+@click.option("-c", "--backend-config", help="Accepted for compatibility; unused by the local backend.")
+@click.option("--storage-dir", help="Accepted for compatibility; remote path params go to a temp dir.")
+@click.option("--build-image", is_flag=True, help="Docker: build an image with the project code.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved command; build and record nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print a JSON document.")
+@click.option("--verbose", is_flag=True, help="Say more about environments and the command run.")
+def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[str, ...],
+            docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None,
+            run_name: str | None, env_manager: str | None, backend: str, backend_config: str | None,
+            storage_dir: str | None, build_image: bool, dry_run: bool, as_json: bool,
+            verbose: bool) -> None:
+    """Run an entry point of the project at URI and record it as an MLflow run."""
+    from projectrun import params, runner
+
+    if backend != "local":
+        raise click.UsageError(f"--backend {backend}: only 'local' is supported by projectrun")
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run")
+    if experiment_name and experiment_id:
+        raise click.UsageError("give only one of --experiment-name and --experiment-id")
+    request = runner.LaunchRequest(
+        uri=uri, entry_point=entry_point, version=version,
+        parameters=params.parse_assignments(param_list, "-P"),
+        experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name,
+        env_manager=env_manager, docker_args=_docker_args(docker_args), build_image=build_image,
+        verbose=verbose,
+    )
+    if dry_run:
+        the_plan = runner.plan(request)
+        doc = the_plan.as_dict()
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+        else:
+            click.echo(f"command:     {doc['command']}")
+            click.echo(f"cwd:         {doc['cwd']}")
+            click.echo(f"entry point: {doc['entry_point']}")
+            click.echo(f"env manager: {doc['env_manager']}")
+            for k, v in doc["params"].items():
+                click.echo(f"param:       {k}={v}")
+        return
+    runner.launch(request)
+
+
+@cli.command("validate")
+@click.argument("uri", default=".")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
+def validate_cmd(uri: str, as_json: bool) -> None:
+    """Check an MLproject (and its env file) and show what it offers; no side effects."""
+    from projectrun import sources, spec
+
+    try:
+        source = sources.resolve(uri)
+        project = spec.load_project(source.directory)
+    except SpecError as exc:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "errors": exc.problems, "warnings": []}, indent=2))
+            sys.exit(EXIT_USAGE)
+        raise
+    problems = [p for ps in project.entry_point_problems.values() for p in ps]
+    doc = _project_doc(project)
+    if as_json:
+        click.echo(json.dumps({"valid": not problems, "errors": problems,
+                               "warnings": list(project.warnings), "project": doc}, indent=2))
+    else:
+        _print_project(doc)
+        for w in project.warnings:
+            click.echo(f"warning: {w}", err=True)
+        for p in problems:
+            click.echo(p, err=True)
+    if problems:
+        sys.exit(EXIT_USAGE)
+
+
+def _project_doc(project: Any) -> dict[str, Any]:
+    return {
+        "name": project.name,
+        "directory": str(project.directory),
+        "file": str(project.file) if project.file else None,
+        "env_type": project.env_type,
+        "env_file": str(project.env_file) if project.env_file else None,
+        "docker_image": project.docker_env.image if project.docker_env else None,
+        "entry_points": {
+            ep.name: {
+                "command": ep.command,
+                "parameters": {
+                    p.name: {"type": p.type, "default": p.default, "required": p.required}
+                    for p in ep.parameters.values()
+                },
+            }
+            for ep in project.entry_points.values()
+        },
+    }
+
+
+def _print_project(doc: dict[str, Any]) -> None:
+    env = doc["env_type"] or "none (bare virtualenv of the current Python)"
+    if doc["env_file"]:
+        env += f" ({doc['env_file']})"
+    if doc["docker_image"]:
+        env += f" (image {doc['docker_image']})"
+    click.echo(f"project: {doc['name'] or '(unnamed)'}  [{doc['file'] or 'no MLproject file'}]")
+    click.echo(f"env:     {env}")
+    if not doc["entry_points"]:
+        click.echo("entry points: none declared (run scripts with -e file.py or -e file.sh)")
+    for name, ep in doc["entry_points"].items():
+        click.echo(f"entry point {name}:")
+        for pname, p in ep["parameters"].items():
+            default = "required" if p["required"] else f"default {p['default']!r}"
+            click.echo(f"    {pname:<20} {p['type']:<8} {default}")
+        click.echo(f"    command: {' '.join((ep['command'] or '(none)').split())}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run the CLI, turn every error into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="projectrun", standalone_mode=False)
+    except ProjectRunError as exc:
+        if debug:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            click.echo(f"projectrun: error: {line}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("projectrun: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"projectrun: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        click.echo("projectrun: interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback without --debug
+        if debug:
+            raise
+        click.echo(f"projectrun: internal error: {type(exc).__name__}: {exc} "
+                   f"(rerun with --debug for a traceback, and please report it)", err=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The environment protocol shared by every kind, and the registry of kinds.
+
+A kind is a module with the members of ``EnvKind`` (compare pre-commit's ``lang_base.Language``):
+it turns a project's environment section into a cache key, builds itself into a directory, says
+whether a built directory is still healthy, and wraps a command to run inside itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from projectrun.errors import UsageError
+from projectrun.spec import CONDA_ENV, DOCKER_ENV, PYTHON_ENV, Project
+
+MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An environment ready to run a command."""
+
+    manager: str
+    #: value of the mlflow.project.env tag, as MLflow writes it (None for local: MLflow writes none)
+    tag: str | None = None
+    #: cache key of the built environment, recorded on the run as projectrun.env.key
+    key: str | None = None
+    #: shell text put before the entry point command (e.g. activating a venv)
+    prefix: str = ""
+    #: environment variables set for the child
+    env: dict[str, str] = field(default_factory=dict)
+
+    def wrap(self, command: str) -> str:
+        return f"{self.prefix}{command}"
+
+
+class EnvKind(Protocol):
+    NAME: str
+
+    def prepare(self, project: Project, *, verbose: bool) -> Prepared: ...
+
+
+def select_manager(project: Project, requested: str | None) -> str:
+    """MLflow's choice when --env-manager is absent, and its refusals when it is present."""
+    if requested is not None and requested not in MANAGERS:
+        raise UsageError(f"--env-manager {requested}: must be one of {', '.join(MANAGERS)}")
+    if project.env_type == DOCKER_ENV:
+        return "docker"  # MLflow: docker_env always wins over --env-manager
+    if requested is None:
+        return default_manager(project)
+    if requested == "docker":
+        raise UsageError(f"--env-manager docker: {project.file or project.directory} has no docker_env")
+    if requested == "conda" and project.env_type in (PYTHON_ENV, None):
+        raise UsageError("--env-manager conda: this project has a python_env (or no env file); "
+                         "use --env-manager virtualenv, uv or local")
+    return requested
+
+
+def default_manager(project: Project) -> str:
+    if project.env_type == CONDA_ENV:
+        return "local"  # conda environments are not built yet; run in the current interpreter
+    return "local"
+
+
+def get_kind(manager: str) -> EnvKind:
+    from projectrun.envs import local
+
+    kinds: dict[str, EnvKind] = {"local": local}  # type: ignore[dict-item]
+    if manager not in kinds:
+        raise UsageError(f"--env-manager {manager}: not supported yet by projectrun; "
+                         f"use --env-manager local to run in the current Python environment")
+    return kinds[manager]

@@ -1,0 +1,134 @@
+"""Parameters: parse ``-P name=value``, check types, fill defaults, render the command as MLflow does.
+
+The command string must be byte-for-byte what ``EntryPoint.compute_command`` in MLflow gives:
+declared values are ``shlex.quote(str(value))`` substituted with ``str.format``; undeclared ones are
+appended as `` --<quoted key> <quoted value>`` in the order given. Unlike MLflow, float and int
+values are checked before anything runs, and logged values are what the user typed, unquoted.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from projectrun.errors import ParameterError, UsageError
+from projectrun.spec import EntryPoint, Parameter
+
+_INT = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+def parse_assignments(items: Iterable[str], flag: str = "-P") -> dict[str, str]:
+    """``name=value`` pairs split on the first ``=``; a repeated name is an error (as in MLflow)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"invalid {flag} value '{item}': use {flag} name=value")
+        if name in out:
+            raise UsageError(f"{flag} {name} given twice ('{out[name]}' and '{value}'); give it once")
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class ResolvedParams:
+    """What one launch uses: values for the command, and values for the run record."""
+
+    #: declared parameters in declaration order, as substituted (paths made absolute)
+    values: dict[str, str]
+    #: undeclared ``-P`` values in the order given; MLflow appends them as ``--name value``
+    extras: dict[str, str]
+    #: what is logged to the run: the user's own text, or str(default)
+    logged: dict[str, str]
+
+
+def _type_problem(param: Parameter, value: str) -> str | None:
+    if param.type == "float":
+        try:
+            float(value)
+        except ValueError:
+            return f"'{param.name}' is a float parameter; give a number like 0.5 or 1e-3"
+    elif param.type == "int":
+        if not _INT.match(value):
+            return f"'{param.name}' is an int parameter; give a whole number like 10"
+    elif param.type == "uri":
+        if not urllib.parse.urlparse(value).scheme:
+            return (f"'{param.name}' is a uri parameter and needs a scheme, "
+                    f"e.g. s3://bucket/key or file:///abs/path (use type path for local files)")
+    return None
+
+
+def local_path(value: str) -> str | None:
+    """The local file a ``path`` value names, or None for remote URIs (s3://, runs:/, http://...)."""
+    parsed = urllib.parse.urlparse(value)
+    if not parsed.scheme or len(parsed.scheme) == 1:  # len 1: a Windows drive letter
+        return value
+    if parsed.scheme == "file" and not parsed.netloc:
+        return urllib.request.url2pathname(parsed.path)
+    return None
+
+
+def resolve(entry_point: EntryPoint, given: dict[str, str], cwd: Path | None = None,
+            project_dir: Path | None = None) -> ResolvedParams:
+    """Check every value and fill defaults; every problem is reported in one error.
+
+    Local ``path`` values are made absolute from ``cwd`` as MLflow does; a default that does not
+    exist there but does in ``project_dir`` is taken from the project (MLflow would fail instead).
+    """
+    cwd = cwd or Path.cwd()
+    problems: list[str] = []
+    missing = [p.name for p in entry_point.parameters.values() if p.required and p.name not in given]
+    if missing:
+        flags = " ".join(f"-P {m}=..." for m in missing)
+        problems.append(f"entry point '{entry_point.name}' is missing required parameter"
+                        f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}; pass {flags}")
+    values: dict[str, str] = {}
+    logged: dict[str, str] = {}
+    for name, param in entry_point.parameters.items():
+        if name in given:
+            value = given[name]
+            source = f"-P {name}={value}"
+            if problem := _type_problem(param, value):
+                problems.append(f"{source}: {problem}")
+                continue
+        elif param.required:
+            continue
+        else:
+            value = str(param.default)
+            source = f"default {name}={value}"
+            if param.type == "uri" and (problem := _type_problem(param, value)):
+                problems.append(f"{source}: {problem}")
+                continue
+        logged[name] = value
+        if param.type == "path" and (local := local_path(value)) is not None:
+            bases = [cwd] if name in given or project_dir is None else [cwd, project_dir]
+            found = next((b / local for b in bases if os.path.exists(b / local)), None)
+            if found is None:
+                problems.append(f"{source}: '{name}' is a path parameter but {local} does not "
+                                f"exist (relative paths are taken from {cwd})")
+                continue
+            value = os.path.abspath(found)
+        values[name] = value
+    if problems:
+        raise ParameterError("\n".join(problems))
+    extras = {k: v for k, v in given.items() if k not in entry_point.parameters}
+    logged.update(extras)
+    return ResolvedParams(values=values, extras=extras, logged=logged)
+
+
+def render_command(entry_point: EntryPoint, params: ResolvedParams) -> str:
+    """The exact shell command MLflow would run for these values."""
+    assert entry_point.command is not None
+    quoted = {k: shlex.quote(v) for k, v in params.values.items()}
+    try:
+        command = entry_point.command.format(**quoted)
+    except (KeyError, IndexError, ValueError) as exc:  # load_project reports these; belt and braces
+        raise ParameterError(f"entry point '{entry_point.name}': cannot fill its command: {exc!r}") from None
+    extra = [f"--{shlex.quote(k)} {shlex.quote(v)}" for k, v in params.extras.items()]
+    return " ".join([command, *extra])
