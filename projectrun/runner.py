@@ -6,6 +6,7 @@ ended FINISHED, FAILED or KILLED, whatever goes wrong after it was created.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -210,8 +211,10 @@ def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
                     fh.write(f"projectrun: error: {exc}\n")
             raise
         finally:
-            if run_id:
-                _finish(tracker, run_id, status, log_path, report)
+            if run_id and _finish(tracker, run_id, status, log_path, report):
+                shutil.rmtree(log_dir, ignore_errors=True)
+            elif not run_id:
+                shutil.rmtree(log_dir, ignore_errors=True)
     assert outcome is not None
     if status == tracking.KILLED:
         sig = outcome.signal or signal.SIGINT
@@ -223,8 +226,10 @@ def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
     return RunResult(run_id, experiment_id, status, outcome.returncode, log_path)
 
 
-def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, report: Reporter) -> None:
-    """Upload the log and end the run; survive a second Ctrl-C so the run never stays RUNNING."""
+def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, report: Reporter) -> bool:
+    """Upload the log and end the run; survive a second Ctrl-C so the run never stays RUNNING.
+
+    Returns whether the log reached the store (if not, the local copy must be kept)."""
     old = signal.getsignal(signal.SIGINT)
     import threading
 
@@ -232,13 +237,16 @@ def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path,
     if main:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        uploaded = True
         if log_path.exists():
             try:
                 tracker.log_artifact(run_id, log_path, tracking.LOG_ARTIFACT_DIR)
             except ProjectRunError as exc:
+                uploaded = False
                 report(f"warning: could not upload the run log: {exc}; it is kept at {log_path}")
         tracker.terminate(run_id, status)
         report(f"run {run_id} {status}")
+        return uploaded
     finally:
         if main:
             signal.signal(signal.SIGINT, old)

@@ -128,8 +128,24 @@ class Tracker:
                 from mlflow.tracking import MlflowClient
             except ImportError as exc:  # pragma: no cover - mlflow-skinny is a dependency
                 raise TrackingError(f"cannot import mlflow ({exc}); pip install mlflow-skinny") from None
+            if self.uri.startswith(("http://", "https://")):
+                self._probe_server()
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
+
+    def _probe_server(self) -> None:
+        """Fail in seconds, not after MLflow's minutes of retries, when the server is down."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=10).close()
+        except urllib.error.HTTPError:
+            pass  # it answered: reachable (a proxy may not serve /health)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"tracking server {self.uri} is not reachable ({reason}); start it "
+                                f"or fix MLFLOW_TRACKING_URI") from None
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one client call; turn MLflow's exceptions into one line naming the store."""
