@@ -130,6 +130,10 @@ class Tracker:
                 raise TrackingError(f"cannot import mlflow ({exc}); pip install mlflow-skinny") from None
             if self.uri.startswith(("http://", "https://")):
                 self._probe_server()
+            import logging
+
+            # MLflow's INFO lines ("Creating initial MLflow database tables...") are noise here.
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
