@@ -69,18 +69,20 @@ def _docker_args(items: Sequence[str]) -> dict[str, str | bool]:
 @click.option("--experiment-name", help="Experiment to record in; created if missing. [env: MLFLOW_EXPERIMENT_NAME]")
 @click.option("--experiment-id", help="Experiment id to record in. [env: MLFLOW_EXPERIMENT_ID]")
 @click.option("--run-name", help="Name of the MLflow run.")
+@click.option("--run-id", help="Continue this existing run instead of creating one.")
 @click.option("--env-manager", type=click.Choice(ENV_MANAGERS), help="How to build the environment "
               "(default: from the project, as `mlflow run` chooses).")
 @click.option("-b", "--backend", default="local", show_default=True, help="Only 'local' is supported.")
 @click.option("-c", "--backend-config", help="Accepted for compatibility; unused by the local backend.")
-@click.option("--storage-dir", help="Accepted for compatibility; remote path params go to a temp dir.")
+@click.option("--storage-dir", envvar="MLFLOW_TMP_DIR", help="Where remote `path` params are "
+              "downloaded (a new temp dir inside it per run). [env: MLFLOW_TMP_DIR]")
 @click.option("--build-image", is_flag=True, help="Docker: build an image with the project code.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved command; build and record nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print a JSON document.")
 @click.option("--verbose", is_flag=True, help="Say more about environments and the command run.")
 def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[str, ...],
             docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None,
-            run_name: str | None, env_manager: str | None, backend: str, backend_config: str | None,
+            run_name: str | None, run_id: str | None, env_manager: str | None, backend: str, backend_config: str | None,
             storage_dir: str | None, build_image: bool, dry_run: bool, as_json: bool,
             verbose: bool) -> None:
     """Run an entry point of the project at URI and record it as an MLflow run."""
@@ -92,10 +94,13 @@ def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[s
         raise click.UsageError("--json goes with --dry-run")
     if experiment_name and experiment_id:
         raise click.UsageError("give only one of --experiment-name and --experiment-id")
+    if run_id and (experiment_name or experiment_id):
+        raise click.UsageError("--run-id continues a run in its own experiment; drop the experiment flag")
     request = runner.LaunchRequest(
         uri=uri, entry_point=entry_point, version=version,
         parameters=params.parse_assignments(param_list, "-P"),
         experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name,
+        run_id=run_id, storage_dir=storage_dir,
         env_manager=env_manager, docker_args=_docker_args(docker_args), build_image=build_image,
         verbose=verbose,
     )

@@ -39,6 +39,10 @@ class LaunchRequest:
     experiment_name: str | None = None
     experiment_id: str | None = None
     run_name: str | None = None
+    #: continue this existing run instead of creating one (``mlflow run --run-id``)
+    run_id: str | None = None
+    #: base directory for downloads of remote ``path`` params (``--storage-dir``)
+    storage_dir: str | None = None
     env_manager: str | None = None
     docker_args: dict[str, str | bool] = field(default_factory=dict)
     build_image: bool = False
@@ -165,7 +169,10 @@ def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
     """Plan, record and run one launch; raise RunFailed / RunInterrupted after recording the end."""
     the_plan = plan(request)
     tracker = tracking.Tracker(the_plan.tracking_uri)
-    experiment_id = tracker.experiment_id(request.experiment_name, request.experiment_id)
+    if request.run_id:
+        experiment_id = tracker.existing_run_experiment(request.run_id)
+    else:
+        experiment_id = tracker.experiment_id(request.experiment_name, request.experiment_id)
     tags = tracking.base_tags(the_plan.source.name, request.entry_point)
     tags.update(the_plan.source.git_tags)
     tags.update(request.tags)
@@ -177,7 +184,10 @@ def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
     outcome = None
     with _signals_raise():
         try:
-            run_id = tracker.create_run(experiment_id, tags, the_plan.params.logged, request.run_name)
+            if request.run_id:
+                run_id = request.run_id  # MLflow logs neither params nor tags on a reused run
+            else:
+                run_id = tracker.create_run(experiment_id, tags, the_plan.params.logged, request.run_name)
             report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
             prepared = kind.prepare(the_plan.project, verbose=request.verbose)
@@ -187,7 +197,8 @@ def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
             if prepared.key:
                 extra_tags[tracking.TAG_ENV_KEY] = prepared.key
             tracker.set_tags(run_id, extra_tags)
-            values = _download_remote_paths(the_plan, log_dir / "params")
+            storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
+            values = _download_remote_paths(the_plan, storage / "params")
             command = the_plan.command
             if values != the_plan.params.values:
                 command = params.render_command(

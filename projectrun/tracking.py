@@ -185,6 +185,16 @@ class Tracker:
         self._check_active(exp, f"--experiment-name {name}")
         return str(exp.experiment_id)
 
+    def existing_run_experiment(self, run_id: str) -> str:
+        """``--run-id``: the run must exist; it keeps its own experiment."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            raise UsageError(f"--run-id {run_id}: no such run in {self.uri}") from None
+        return str(run.info.experiment_id)
+
     def _get_experiment(self, experiment_id: str) -> Any:
         from mlflow.exceptions import MlflowException
 

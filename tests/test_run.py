@@ -192,3 +192,14 @@ def test_signal_stops_process_group_and_marks_killed(workdir: Path, sig: int, co
     assert run.info.status == "KILLED"
     assert "KILLED" in err.splitlines()[-1]
     assert "projectrun/" not in err  # the child's own KeyboardInterrupt may show; ours never
+
+
+def test_run_id_continues_an_existing_run(cli: CliRunner, workdir: Path) -> None:
+    client = client_for(sqlite_uri(workdir))
+    exp = client.create_experiment("pre")
+    existing = client.create_run(exp).info.run_id
+    res = cli(str(FIXTURES / "logger"), "--run-id", existing, "-P", "value=9")
+    assert res.returncode == 0, res.stderr
+    run = client.get_run(existing)
+    assert run.info.status == "FINISHED" and run.data.metrics["value"] == 9.0
+    assert len(client.search_runs([exp])) == 1
