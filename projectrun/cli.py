@@ -79,12 +79,13 @@ def _docker_args(items: Sequence[str]) -> dict[str, str | bool]:
 @click.option("--build-image", is_flag=True, help="Docker: build an image with the project code.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved command; build and record nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print a JSON document.")
+@click.option("--offline", is_flag=True, help="Git URIs: run from the clone cache without fetching.")
 @click.option("--verbose", is_flag=True, help="Say more about environments and the command run.")
 def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[str, ...],
             docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None,
             run_name: str | None, run_id: str | None, env_manager: str | None, backend: str, backend_config: str | None,
             storage_dir: str | None, build_image: bool, dry_run: bool, as_json: bool,
-            verbose: bool) -> None:
+            offline: bool, verbose: bool) -> None:
     """Run an entry point of the project at URI and record it as an MLflow run."""
     from projectrun import params, runner
 
@@ -102,10 +103,11 @@ def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[s
         experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name,
         run_id=run_id, storage_dir=storage_dir,
         env_manager=env_manager, docker_args=_docker_args(docker_args), build_image=build_image,
-        verbose=verbose,
+        verbose=verbose, offline=offline,
     )
     if dry_run:
         the_plan = runner.plan(request)
+        the_plan.source.close()
         doc = the_plan.as_dict()
         if as_json:
             click.echo(json.dumps(doc, indent=2))
@@ -122,19 +124,25 @@ def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[s
 
 @cli.command("validate")
 @click.argument("uri", default=".")
+@click.option("-v", "--version", "version", help="Git branch, tag or commit (git URIs).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
-def validate_cmd(uri: str, as_json: bool) -> None:
-    """Check an MLproject (and its env file) and show what it offers; no side effects."""
+def validate_cmd(uri: str, version: str | None, as_json: bool) -> None:
+    """Check an MLproject (and its env file) and show what it offers; builds and records nothing."""
     from projectrun import sources, spec
+    from projectrun.envs import pythonspec
 
+    source = sources.resolve(uri, version, report=_report)
     try:
-        source = sources.resolve(uri)
         project = spec.load_project(source.directory)
+        if project.env_type == spec.PYTHON_ENV:
+            pythonspec.spec_for(project)  # python_env.yaml and its -r files: errors with lines
     except SpecError as exc:
         if as_json:
             click.echo(json.dumps({"valid": False, "errors": exc.problems, "warnings": []}, indent=2))
             sys.exit(EXIT_USAGE)
         raise
+    finally:
+        source.close()
     problems = [p for ps in project.entry_point_problems.values() for p in ps]
     doc = _project_doc(project)
     if as_json:
@@ -187,6 +195,169 @@ def _print_project(doc: dict[str, Any]) -> None:
             default = "required" if p["required"] else f"default {p['default']!r}"
             click.echo(f"    {pname:<20} {p['type']:<8} {default}")
         click.echo(f"    command: {' '.join((ep['command'] or '(none)').split())}")
+
+
+def _age(seconds: float | None) -> str:
+    import time
+
+    if not seconds:
+        return "-"
+    delta = max(0.0, time.time() - seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{delta / size:.0f}{unit} ago"
+    return "just now"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _older_than(text: str) -> float:
+    from projectrun.sweepplan import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise click.UsageError(f"--older-than {text}: give a duration such as 30d, 12h or 90m") from None
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*headers, box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(*row)
+    Console(soft_wrap=True).print(table)
+
+
+@cli.group("envs")
+def envs_group() -> None:
+    """Cached environments: list, remove, prune, prebuild."""
+
+
+@envs_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def envs_list(as_json: bool) -> None:
+    """Show cached environments, most recently used first."""
+    from projectrun import cache
+
+    entries = cache.list_entries()
+    if as_json:
+        click.echo(json.dumps([
+            {"kind": e.kind, "key": e.key, "path": str(e.path), "complete": e.complete,
+             "project": e.project, "size": e.size, "created": e.created, "last_used": e.last_used}
+            for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo(f"no cached environments in {cache.root() / 'envs'}")
+        return
+    _table(["kind", "key", "project", "size", "last used"],
+           [[e.kind, e.key + ("" if e.complete else " (incomplete)"), e.project or "-",
+             _size(e.size), _age(e.last_used or e.created)] for e in entries])
+
+
+@envs_group.command("remove")
+@click.argument("key")
+def envs_remove(key: str) -> None:
+    """Delete one cached environment (a key or an unambiguous prefix)."""
+    from projectrun import cache
+
+    entry = cache.remove(key)
+    click.echo(f"removed {entry.kind} env {entry.key} ({entry.path})", err=True)
+
+
+@envs_group.command("prune")
+@click.option("--older-than", default="30d", show_default=True, help="Remove envs unused this long.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+def envs_prune(older_than: str, dry_run: bool) -> None:
+    """Remove environments not used recently, and builds that were interrupted."""
+    from projectrun import cache
+
+    removed = cache.prune(_older_than(older_than), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for e in removed:
+        click.echo(f"{verb} {e.kind} env {e.key} ({_size(e.size)}, last used {_age(e.last_used)})", err=True)
+    total = sum(e.size or 0 for e in removed)
+    click.echo(f"{verb} {len(removed)} environment(s), {_size(total)}", err=True)
+
+
+@envs_group.command("build")
+@click.argument("uri", default=".")
+@click.option("-v", "--version", "version", help="Git branch, tag or commit (git URIs).")
+@click.option("--env-manager", type=click.Choice(ENV_MANAGERS), help="Manager to build for.")
+@click.option("--verbose", is_flag=True)
+def envs_build(uri: str, version: str | None, env_manager: str | None, verbose: bool) -> None:
+    """Build (or reuse) the environment a project needs, without running it (e.g. in CI images)."""
+    from projectrun import envs, sources, spec
+
+    source = sources.resolve(uri, version, report=_report)
+    try:
+        project = spec.load_project(source.directory)
+        manager = envs.select_manager(project, env_manager)
+        prepared = envs.get_kind(manager).prepare(project, verbose=verbose, report=_report)
+    finally:
+        source.close()
+    click.echo(f"{manager} env {prepared.key or '(none needed)'} ready", err=True)
+
+
+@cli.group("sources")
+def sources_group() -> None:
+    """Cached git mirrors: list, remove, prune."""
+
+
+@sources_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def sources_list(as_json: bool) -> None:
+    """Show cached git mirrors, most recently used first."""
+    from projectrun import gitsource
+
+    mirrors = gitsource.list_mirrors()
+    if as_json:
+        click.echo(json.dumps(mirrors, indent=2, default=str))
+        return
+    if not mirrors:
+        click.echo(f"no cached git mirrors in {gitsource.mirrors_dir()}")
+        return
+    _table(["key", "url", "size", "last fetched", "last used"],
+           [[m["key"], m["url"], _size(m.get("size")), _age(m.get("fetched")), _age(m.get("used"))]
+            for m in mirrors])
+
+
+@sources_group.command("remove")
+@click.argument("url_or_key")
+def sources_remove(url_or_key: str) -> None:
+    """Delete one cached mirror (its URL, key, or an unambiguous key prefix)."""
+    from projectrun import gitsource
+
+    removed = gitsource.remove(url_or_key)
+    click.echo(f"removed mirror of {removed.get('url')} ({removed.get('path')})", err=True)
+
+
+@sources_group.command("prune")
+@click.option("--older-than", default="30d", show_default=True, help="Remove mirrors unused this long.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+def sources_prune(older_than: str, dry_run: bool) -> None:
+    """Remove git mirrors not used recently (mirrors with a running checkout are kept)."""
+    from projectrun import gitsource
+
+    removed = gitsource.prune(_older_than(older_than), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for m in removed:
+        click.echo(f"{verb} mirror of {m.get('url')} ({_size(m.get('size'))})", err=True)
+    click.echo(f"{verb} {len(removed)} mirror(s)", err=True)
+
+
+def _report(message: str) -> None:
+    click.echo(f"projectrun: {message}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,8 @@ class LaunchRequest:
     docker_args: dict[str, str | bool] = field(default_factory=dict)
     build_image: bool = False
     verbose: bool = False
+    #: use the git mirror as it is, without fetching
+    offline: bool = False
     #: extra tags for the run (a sweep sets its parent run id here)
     tags: dict[str, str] = field(default_factory=dict)
     echo: bool = True
@@ -98,14 +100,21 @@ class RunResult:
     log_path: Path
 
 
-def plan(request: LaunchRequest) -> Plan:
-    """Resolve everything that needs no side effects: a bad input fails here, before any run exists."""
-    source = sources.resolve(request.uri, request.version)
-    project = spec.load_project(source.directory)
-    entry_point = project.entry_point(request.entry_point)
-    resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory)
-    command = params.render_command(entry_point, resolved)
-    manager = envs.select_manager(project, request.env_manager)
+def plan(request: LaunchRequest, report: Reporter = _stderr) -> Plan:
+    """Resolve everything that records nothing: a bad input fails here, before any run exists.
+
+    A git source is fetched (that fills the clone cache); call ``plan.source.close()`` after.
+    """
+    source = sources.resolve(request.uri, request.version, offline=request.offline, report=report)
+    try:
+        project = spec.load_project(source.directory)
+        entry_point = project.entry_point(request.entry_point)
+        resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory)
+        command = params.render_command(entry_point, resolved)
+        manager = envs.select_manager(project, request.env_manager)
+    except BaseException:
+        source.close()
+        raise
     return Plan(request, source, project, entry_point, resolved, command, manager,
                 tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
 
@@ -167,7 +176,15 @@ def _download_remote_paths(the_plan: Plan, storage: Path) -> dict[str, str]:
 
 def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
     """Plan, record and run one launch; raise RunFailed / RunInterrupted after recording the end."""
-    the_plan = plan(request)
+    the_plan = plan(request, report)
+    try:
+        return _launch(the_plan, report)
+    finally:
+        the_plan.source.close()
+
+
+def _launch(the_plan: Plan, report: Reporter) -> RunResult:
+    request = the_plan.request
     tracker = tracking.Tracker(the_plan.tracking_uri)
     if request.run_id:
         experiment_id = tracker.existing_run_experiment(request.run_id)
@@ -190,7 +207,7 @@ def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
                 run_id = tracker.create_run(experiment_id, tags, the_plan.params.logged, request.run_name)
             report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
-            prepared = kind.prepare(the_plan.project, verbose=request.verbose)
+            prepared = kind.prepare(the_plan.project, verbose=request.verbose, report=report)
             extra_tags = {tracking.TAG_COMMAND: the_plan.command[:5000]}
             if prepared.tag:
                 extra_tags[tracking.TAG_ENV] = prepared.tag

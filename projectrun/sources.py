@@ -1,13 +1,19 @@
 """Resolve a project URI to a directory on disk."""
 from __future__ import annotations
 
-import os
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from projectrun.errors import SourceError, UsageError
+from projectrun.errors import SourceError
+
+Report = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,12 @@ class Source:
     git_tags: dict[str, str]
     #: "local" or "git"
     kind: str = "local"
+    #: removes the per-launch work tree of a git source; call it when the launch is over
+    cleanup: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        if self.cleanup is not None:
+            self.cleanup()
 
 
 def split_fragment(uri: str) -> tuple[str, str]:
@@ -53,7 +65,7 @@ def local_path(uri: str) -> Path | None:
     return path if path.exists() else None
 
 
-def resolve_local(uri: str, version: str | None = None) -> Source:
+def resolve_local(uri: str) -> Source:
     from projectrun import tracking
 
     base, sub = split_fragment(uri)
@@ -62,17 +74,55 @@ def resolve_local(uri: str, version: str | None = None) -> Source:
         raise SourceError(f"{uri}: no such directory (and not a git URL); check the path")
     if not path.is_dir():
         raise SourceError(f"{uri}: not a directory; give the folder that holds the MLproject file")
-    if version is not None:
-        raise UsageError(f"-v {version}: a version needs a git URL; for a local repository use "
-                         f"file://{os.path.abspath(base)} so your working copy is left untouched")
     directory = _subdirectory(path.resolve(), sub, uri)
     return Source(directory=directory, name=tracking.local_source_name(directory),
                   git_tags=tracking.git_info(directory))
 
 
-def resolve(uri: str, version: str | None = None) -> Source:
-    """Local directories run in place; anything else is a remote the git layer fetches."""
-    base, _ = split_fragment(uri)
-    if local_path(base) is not None:
-        return resolve_local(uri, version)
-    raise SourceError(f"{uri}: no such directory; git URLs are not supported yet")
+def _git_top(path: Path) -> Path | None:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    return Path(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def resolve_git(uri: str, version: str | None, *, offline: bool, report: Report) -> Source:
+    from projectrun import gitsource, tracking
+
+    base, sub = split_fragment(uri)
+    co = gitsource.fetch(base, version, sub, offline=offline, report=report)
+    tags = {tracking.TAG_GIT_COMMIT: co.commit, tracking.TAG_GIT_DIRTY: "false"}
+    if co.repo_url:
+        tags[tracking.TAG_GIT_REPO_URL] = co.repo_url
+    if co.branch_tag:
+        tags[tracking.TAG_GIT_BRANCH] = co.branch_tag
+    return Source(directory=co.directory, name=tracking.strip_credentials(uri), git_tags=tags,
+                  kind="git", cleanup=co.cleanup)
+
+
+def resolve(uri: str, version: str | None = None, *, offline: bool = False,
+            report: Report = _quiet) -> Source:
+    """Local directories run in place; git URLs run from a cached mirror in a fresh work tree.
+
+    A local git repository with ``-v`` is checked out into its own work tree too: MLflow checks
+    the version out in the user's working copy instead, changing their files.
+    """
+    from projectrun import gitsource
+
+    base, sub = split_fragment(uri)
+    path = local_path(base)
+    if path is not None and version is not None and path.is_dir():
+        top = _git_top(path.resolve())
+        if top is None:
+            raise SourceError(f"-v {version}: {base} is not a git repository; a version needs git")
+        rel = str(path.resolve().relative_to(top))
+        inner = "/".join(p for p in (rel if rel != "." else "", sub.strip("/")) if p)
+        return resolve_git(f"{top.as_uri()}#{inner}" if inner else top.as_uri(), version,
+                           offline=offline, report=report)
+    if path is not None and not gitsource.is_git_url(base):
+        return resolve_local(uri)
+    if path is not None and version is None and _git_top(path.resolve()) is not None:
+        return resolve_local(uri)  # a work tree given as file:// runs in place, as in MLflow
+    if gitsource.is_git_url(base):
+        return resolve_git(uri, version, offline=offline, report=report)
+    raise SourceError(f"{uri}: no such directory, and not a git URL (https://, ssh://, git@host:, file://)")

@@ -6,13 +6,17 @@ whether a built directory is still healthy, and wraps a command to run inside it
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from projectrun.errors import UsageError
-from projectrun.spec import CONDA_ENV, DOCKER_ENV, PYTHON_ENV, Project
+from projectrun.spec import DOCKER_ENV, PYTHON_ENV, Project
 
 MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
+#: Where a kind sends progress lines ("building python env ...", "waiting for ..."); the runner's
+#: reporter prefixes them with "projectrun: " on stderr.
+Reporter = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class Prepared:
 class EnvKind(Protocol):
     NAME: str
 
-    def prepare(self, project: Project, *, verbose: bool) -> Prepared: ...
+    def prepare(self, project: Project, *, verbose: bool, report: Reporter | None = None) -> Prepared: ...
 
 
 def select_manager(project: Project, requested: str | None) -> str:
@@ -56,15 +60,24 @@ def select_manager(project: Project, requested: str | None) -> str:
 
 
 def default_manager(project: Project) -> str:
-    if project.env_type == CONDA_ENV:
-        return "local"  # conda environments are not built yet; run in the current interpreter
+    """As ``mlflow run`` picks, except where MLflow's choice cannot work here.
+
+    * python_env -> virtualenv, as MLflow.
+    * no env file -> local. MLflow builds a bare venv without even mlflow in it, so an entry point
+      that logs anything fails; ``--env-manager virtualenv`` still gives MLflow's behaviour.
+    * conda_env -> local until conda environments are built (``--env-manager virtualenv`` converts
+      conda.yaml the way MLflow does).
+    """
+    if project.env_type == PYTHON_ENV:
+        return "virtualenv"
     return "local"
 
 
 def get_kind(manager: str) -> EnvKind:
-    from projectrun.envs import local
+    from projectrun.envs import local, python
 
-    kinds: dict[str, EnvKind] = {"local": local}  # type: ignore[dict-item]
+    kinds: dict[str, EnvKind] = {"local": local,
+                                 "virtualenv": python.VIRTUALENV, "uv": python.UV}
     if manager not in kinds:
         raise UsageError(f"--env-manager {manager}: not supported yet by projectrun; "
                          f"use --env-manager local to run in the current Python environment")

@@ -1,0 +1,366 @@
+"""The cache root and its keyed entries, each built once under a per-key lock and marked complete last.
+
+An entry is ``<root>/envs/<kind>-<key>``. It counts as built only when its completion marker exists;
+the marker is written after everything else and removed before anything else, so a build that was
+interrupted (Ctrl-C, SIGKILL, power loss) is never reused: the next builder, holding the lock,
+removes the leftover and builds again (compare pre-commit's ``repository._hook_install``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from projectrun.errors import EnvBuildError, UsageError
+
+HOME_ENV_VAR = "PROJECTRUN_HOME"
+#: Mixed into every key: bump it when the layout or the meaning of an entry changes.
+FORMAT_VERSION = 1
+KEY_LENGTH = 16
+MARKER = ".projectrun-complete"
+META = ".projectrun-meta.json"
+LAST_USED = ".projectrun-last-used"
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by projectrun.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+
+Reporter = Callable[[str], None]
+Builder = Callable[[Path], None]
+#: Returns None when a built entry is usable, else the reason it must be rebuilt.
+HealthCheck = Callable[[Path], "str | None"]
+_NOT_BUILT = "not built"
+
+
+@dataclass(frozen=True)
+class Built:
+    """The outcome of :func:`get_or_build`."""
+
+    path: Path
+    kind: str
+    key: str
+    #: True when this call built the entry, False when it was already there
+    built: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory under ``<root>/envs``, as listed by :func:`list_entries`."""
+
+    kind: str
+    key: str
+    path: Path
+    complete: bool
+    project: str | None
+    created: float | None
+    last_used: float | None
+    size: int | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.key}"
+
+
+def root() -> Path:
+    """``$PROJECTRUN_HOME`` if set, else the platform's user cache dir (``~/.cache/projectrun``)."""
+    value = os.environ.get(HOME_ENV_VAR)
+    if value:
+        return Path(value).expanduser().absolute()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("projectrun"))
+
+
+def ensure_root() -> Path:
+    """Create the root with a CACHEDIR.TAG so backup tools skip it."""
+    path = root()
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "CACHEDIR.TAG").exists():
+        _write_atomic(path / "CACHEDIR.TAG", CACHEDIR_TAG)
+    return path
+
+
+def envs_dir() -> Path:
+    return ensure_root() / "envs"
+
+
+def make_key(inputs: Any) -> str:
+    """sha256 over canonical JSON of ``inputs`` (plus FORMAT_VERSION), truncated for readable paths."""
+    text = json.dumps({"format": FORMAT_VERSION, "inputs": inputs}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def entry_path(kind: str, key: str) -> Path:
+    return envs_dir() / f"{kind}-{key}"
+
+
+def get_or_build(kind: str, key: str, build: Builder, *, inputs: Any = None,
+                 project: str | None = None, health: HealthCheck | None = None,
+                 report: Reporter | None = None, relocatable: bool = False) -> Built:
+    """Return the entry for ``key``, building it first if needed; at most one process builds it.
+
+    ``build(path)`` must create ``path``. Builds happen in place at the final path (venvs embed
+    their path, so they cannot be moved); with ``relocatable=True`` the build goes to a temporary
+    sibling that is renamed into place, so even the directory appears atomically.
+    """
+    path = entry_path(kind, key)
+    if _unusable(path, health) is None:  # fast path: no lock for a cache hit
+        return _use(path, kind, key, built=False)
+    with _locked(kind, key, report):
+        reason = _unusable(path, health)
+        if reason is None:  # another process built it while we waited
+            return _use(path, kind, key, built=False)
+        if reason != _NOT_BUILT and report:
+            report(f"rebuilding {kind} env {key}: {reason}")
+        meta = {"kind": kind, "key": key, "project": project, "inputs": inputs,
+                "format": FORMAT_VERSION, "build_id": secrets.token_hex(8)}
+        if relocatable:
+            _build_then_rename(path, build, meta, health)
+        else:
+            _build_in_place(path, build, meta, health)
+        return _use(path, kind, key, built=True)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((path / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _unusable(path: Path, health: HealthCheck | None) -> str | None:
+    if not is_complete(path):
+        return _NOT_BUILT
+    return health(path) if health else None
+
+
+def _use(path: Path, kind: str, key: str, *, built: bool) -> Built:
+    """Stamp last-used (what ``prune`` looks at) and describe the entry."""
+    stamp = path / LAST_USED
+    try:
+        os.utime(stamp)
+    except FileNotFoundError:
+        stamp.touch()
+    return Built(path, kind, key, built, read_meta(path))
+
+
+def _build_in_place(path: Path, build: Builder, meta: dict[str, Any], health: HealthCheck | None) -> None:
+    _remove_tree(path)  # a leftover without marker is an interrupted build
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        build(path)
+        _publish(path, meta, health)
+    except BaseException:  # Ctrl-C too: never leave a half-built entry behind
+        _remove_tree(path)
+        raise
+
+
+def _build_then_rename(path: Path, build: Builder, meta: dict[str, Any], health: HealthCheck | None) -> None:
+    tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        build(tmp)
+        _publish(tmp, meta, health)
+        _remove_tree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+
+
+def _publish(path: Path, meta: dict[str, Any], health: HealthCheck | None) -> None:
+    """Check the fresh build, then write metadata and, last, the completion marker."""
+    if not path.is_dir():
+        raise EnvBuildError(f"building {meta['kind']} env {meta['key']} produced no directory at {path}")
+    reason = health(path) if health else None
+    if reason is not None:
+        raise EnvBuildError(f"the {meta['kind']} env {meta['key']} was built but is not usable: {reason}")
+    meta["created"] = time.time()
+    _write_atomic(path / META, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    (path / LAST_USED).touch()
+    _write_atomic(path / MARKER, f"{meta['created']}\n")
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def _remove_tree(path: Path) -> None:
+    """Marker first, so a reader never sees a half-deleted entry as complete."""
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        (path / MARKER).unlink(missing_ok=True)
+        trash = path.parent / f".trash-{path.name}-{secrets.token_hex(4)}"
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        path.unlink()
+
+
+def _lock_path(kind: str, key: str) -> Path:
+    # Lock files live apart from the entries and are never deleted: deleting a lock file that
+    # someone waits on lets two processes hold "the" lock at once.
+    locks = envs_dir() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"{kind}-{key}.lock"
+
+
+@contextmanager
+def _locked(kind: str, key: str, report: Reporter | None) -> Iterator[None]:
+    """Hold the per-key lock; say so when we have to wait for another builder."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(_lock_path(kind, key)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if report:
+            report(f"waiting for another projectrun building {kind} env {key} "
+                   f"(lock {lock.lock_file})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _try_locked(kind: str, key: str) -> Iterator[bool]:
+    """The per-key lock without waiting: yields False when someone holds it (building)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(_lock_path(kind, key)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+# --- listing, removing, pruning -------------------------------------------------------------
+
+
+def list_entries(*, sizes: bool = True) -> list[Entry]:
+    """Every entry (complete or not) under ``<root>/envs``, most recently used first."""
+    base = root() / "envs"
+    if not base.is_dir():
+        return []
+    found = [_entry(p, sizes) for p in base.iterdir()
+             if p.is_dir() and not p.name.startswith(".") and "-" in p.name]
+    return sorted(found, key=lambda e: e.last_used or e.created or 0.0, reverse=True)
+
+
+def _entry(path: Path, sizes: bool) -> Entry:
+    kind, key = path.name.rsplit("-", 1)
+    meta = read_meta(path)
+    return Entry(kind=kind, key=key, path=path, complete=is_complete(path),
+                 project=meta.get("project"), created=meta.get("created"),
+                 last_used=_mtime(path / LAST_USED), size=_size(path) if sizes else None, meta=meta)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + dirnames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def find_entry(ref: str) -> Entry:
+    """The entry named by a key, ``kind-key``, or an unambiguous prefix of either."""
+    entries = list_entries(sizes=False)
+    matches = [e for e in entries if e.key.startswith(ref) or e.name.startswith(ref)]
+    exact = [e for e in matches if ref in (e.key, e.name)]
+    if exact:
+        matches = exact
+    if not matches:
+        raise UsageError(f"no cached environment matches '{ref}'; `projectrun envs list` shows them")
+    if len(matches) > 1:
+        names = ", ".join(e.name for e in matches)
+        raise UsageError(f"'{ref}' matches several cached environments ({names}); give more of the key")
+    return matches[0]
+
+
+def remove(ref: str) -> Entry:
+    """Delete one entry by key or prefix; refuse while another process is building it."""
+    entry = find_entry(ref)
+    with _try_locked(entry.kind, entry.key) as got:
+        if not got:
+            raise UsageError(f"{entry.name} is being built by another projectrun; try again later")
+        _remove_tree(entry.path)
+    return entry
+
+
+def prune(older_than: float, *, dry_run: bool = False, now: float | None = None) -> list[Entry]:
+    """Remove entries unused for more than ``older_than`` seconds, and abandoned builds.
+
+    An entry without its marker whose lock is free is a build that died; it is removed whatever
+    its age. Entries being built (lock held) are skipped. Returns what was (or would be) removed.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for entry in list_entries():
+        stale = not entry.complete or (now - (entry.last_used or entry.created or 0.0)) > older_than
+        if not stale:
+            continue
+        with _try_locked(entry.kind, entry.key) as got:
+            if not got:
+                continue
+            if not dry_run:
+                _remove_tree(entry.path)
+            removed.append(entry)
+    if not dry_run:
+        _sweep_leftovers(root() / "envs")
+    return removed
+
+
+def _sweep_leftovers(base: Path) -> None:
+    """``.trash-*`` dirs whose deletion was interrupted, and ``.tmp-*`` dirs of dead builders."""
+    if not base.is_dir():
+        return
+    for path in base.iterdir():
+        if path.name.startswith(".trash-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(".tmp-") and path.name.count("-") >= 3:
+            kind, key = path.name[len(".tmp-"):].rsplit("-", 1)[0].rsplit("-", 1)
+            if _lock_free(kind, key):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _lock_free(kind: str, key: str) -> bool:
+    with _try_locked(kind, key) as got:
+        return got
