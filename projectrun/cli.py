@@ -221,10 +221,10 @@ def _size(n: int | None) -> str:
 
 
 def _older_than(text: str) -> float:
-    from projectrun.sweepplan import parse_duration
+    from projectrun.durations import parse_duration
 
     try:
-        return parse_duration(text)
+        return parse_duration(text, allow_zero=True)
     except ValueError:
         raise click.UsageError(f"--older-than {text}: give a duration such as 30d, 12h or 90m") from None
 

@@ -35,6 +35,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Union
 
+from projectrun.durations import parse_duration
 from projectrun.errors import ParameterError, SpecError, UsageError
 from projectrun.spec import EntryPoint
 from projectrun.yamlfile import YamlDoc, load_schema, load_yaml, schema_problems
@@ -55,8 +56,6 @@ ON_FAILURE = ("continue", "fail_fast")
 _KINDS = ("from", "lin", "geom", "uniform", "log_uniform", "int_uniform", "choice")
 _COMPANIONS = {"from": {"to", "step"}, "lin": {"num"}, "geom": {"num"}}
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,24 +94,6 @@ def trial_key(params: Mapping[str, str]) -> str:
 def _round(x: float) -> float:
     """Generated floats: 12 significant digits hides float accumulation; ``+ 0.0`` drops -0.0."""
     return float(f"{x:.{SIG_DIGITS}g}") + 0.0
-
-
-def parse_duration(value: float | int | str) -> float:
-    """Seconds from a number or from text such as ``90``, ``90s``, ``10m``, ``1h30m``, ``1.5h``, ``2d``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"timeout must be positive, got {value}")
-        return float(value)
-    text = str(value).strip()
-    parts = _DURATION_PART.findall(text)
-    if not text or "".join(_DURATION_PART.sub("", text).split()) or not parts:
-        raise ValueError(f"timeout '{value}' is not a duration; write seconds or e.g. 90s, 10m, 1h30m")
-    if len(parts) > 1 and any(unit == "" for _, unit in parts):
-        raise ValueError(f"timeout '{value}': give a unit (s, m, h, d) for every part, e.g. 1h30m")
-    seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in parts)
-    if seconds <= 0:
-        raise ValueError(f"timeout '{value}' must be longer than zero")
-    return seconds
 
 
 # ---------------------------------------------------------------------------------------------
