@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from projectrun import envs, params, sources, spec, tracking
+from projectrun import envs, errors, params, sources, spec, tracking
 from projectrun import launch as launch_mod
 from projectrun.errors import EnvBuildError, ProjectRunError, RunFailed, RunInterrupted
 
@@ -108,6 +108,13 @@ def plan(request: LaunchRequest, report: Reporter = _stderr) -> Plan:
     source = sources.resolve(request.uri, request.version, offline=request.offline, report=report)
     try:
         project = spec.load_project(source.directory)
+        if project.file is None and source.kind == "git" and not request.entry_point.endswith(
+                spec.SCRIPT_EXTENSIONS):
+            _, sub = sources.split_fragment(request.uri)
+            at = f" at version {request.version}" if request.version else ""
+            where = f"in subdirectory '{sub}'" if sub else "at the repository root"
+            raise errors.SourceError(f"{request.uri}{at}: no MLproject file {where}; "
+                                     f"check the URL's #subdirectory")
         entry_point = project.entry_point(request.entry_point)
         resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory)
         command = params.render_command(entry_point, resolved)

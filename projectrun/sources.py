@@ -111,18 +111,20 @@ def resolve(uri: str, version: str | None = None, *, offline: bool = False,
 
     base, sub = split_fragment(uri)
     path = local_path(base)
-    if path is not None and version is not None and path.is_dir():
-        top = _git_top(path.resolve())
-        if top is None:
+    is_git = gitsource.is_git_url(base)
+    if path is not None and path.is_dir():
+        top = _git_top(path.resolve())  # None for plain directories and bare repositories
+        if version is None and (top is not None or not is_git):
+            return resolve_local(uri)  # run in place, as MLflow does
+        if version is not None and top is not None:
+            rel = path.resolve().relative_to(top).as_posix()
+            inner = "/".join(p for p in (rel if rel != "." else "", sub.strip("/")) if p)
+            return resolve_git(f"{top.as_uri()}#{inner}" if inner else top.as_uri(), version,
+                               offline=offline, report=report)
+        if version is not None and not is_git:
             raise SourceError(f"-v {version}: {base} is not a git repository; a version needs git")
-        rel = str(path.resolve().relative_to(top))
-        inner = "/".join(p for p in (rel if rel != "." else "", sub.strip("/")) if p)
-        return resolve_git(f"{top.as_uri()}#{inner}" if inner else top.as_uri(), version,
-                           offline=offline, report=report)
-    if path is not None and not gitsource.is_git_url(base):
-        return resolve_local(uri)
-    if path is not None and version is None and _git_top(path.resolve()) is not None:
-        return resolve_local(uri)  # a work tree given as file:// runs in place, as in MLflow
-    if gitsource.is_git_url(base):
+    if is_git:
         return resolve_git(uri, version, offline=offline, report=report)
+    if path is not None:
+        return resolve_local(uri)
     raise SourceError(f"{uri}: no such directory, and not a git URL (https://, ssh://, git@host:, file://)")

@@ -87,7 +87,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Origin:
     root = tmp_path_factory.mktemp("origin")
     work = root / "work"
     git("init", "-q", str(work))
-    mlproject = "name: demo\nentry_points:\n  main:\n    command: cat VERSION\n"
+    mlproject = "name: demo\nentry_points:\n  main:\n    command: cat ../../VERSION\n"
     shas = {"c1": commit(work, {"VERSION": "1.0", "sub/proj/MLproject": mlproject}, "one")}
     git("tag", "-a", "v1.0", "-m", "release 1.0", cwd=work)
     shas["c2"] = commit(work, {"VERSION": "1.1"}, "two")
