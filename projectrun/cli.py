@@ -20,12 +20,11 @@ class DefaultRunGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         for i, arg in enumerate(args):
-            if arg.startswith("-"):
-                if arg in ("--help", "-h", "--version"):
-                    break
+            if arg == "--debug":  # the only option of the group itself that can precede
                 continue
-            if arg not in self.commands:
-                args = [*args[:i], "run", *args[i:]]
+            if arg in ("--help", "-h", "--version") or arg in self.commands:
+                break
+            args = [*args[:i], "run", *args[i:]]  # a URI, or run's options before the URI
             break
         return super().parse_args(ctx, args)
 

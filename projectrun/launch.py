@@ -25,8 +25,10 @@ GRACE_SECONDS = float(os.environ.get("PROJECTRUN_KILL_GRACE", "10"))
 @dataclass(frozen=True)
 class Outcome:
     returncode: int
-    #: the signal projectrun received and forwarded, if the run was interrupted
+    #: the signal projectrun received and forwarded (or a cancel), if the run was interrupted
     signal: int | None = None
+    #: the run was stopped because it exceeded its timeout
+    timed_out: bool = False
 
 
 def _pump(src: IO[bytes], dst: IO[bytes] | None, log: IO[bytes], lock: threading.Lock) -> None:
@@ -61,9 +63,16 @@ def group_alive(pgid: int) -> bool:
 
 
 def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
-              echo: bool = True) -> Outcome:
-    """Run ``bash -c command`` (MLflow defines entry points as shell commands) and wait for it."""
+              echo: bool = True, cancel: threading.Event | None = None,
+              timeout: float | None = None) -> Outcome:
+    """Run ``bash -c command`` (MLflow defines entry points as shell commands) and wait for it.
+
+    ``cancel`` lets a scheduler in another thread stop the run as a signal would (worker threads
+    cannot install signal handlers); ``timeout`` stops it after that many seconds.
+    """
     received: list[int] = []
+    timed_out = False
+    started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -92,6 +101,13 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
         try:
             deadline: float | None = None
             while proc.poll() is None:
+                if cancel is not None and cancel.is_set() and not received:
+                    received.append(signal.SIGTERM)
+                    _killpg(pgid, signal.SIGTERM)
+                if timeout is not None and not timed_out and time.monotonic() - started > timeout:
+                    timed_out = True
+                    _killpg(pgid, signal.SIGTERM)
+                    deadline = time.monotonic() + GRACE_SECONDS
                 if received and deadline is None:
                     deadline = time.monotonic() + GRACE_SECONDS
                 if deadline is not None and time.monotonic() > deadline:
@@ -100,7 +116,7 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
                     proc.wait(timeout=0.2)
                 except subprocess.TimeoutExpired:
                     pass
-            if received:
+            if received or timed_out:
                 # The shell may be gone while its children linger: the group must be empty.
                 _killpg(pgid, signal.SIGTERM)
                 end = time.monotonic() + min(GRACE_SECONDS, 5)
@@ -112,13 +128,4 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return Outcome(proc.returncode, received[0] if received else None)
-
-
-def stop_group(pgid: int) -> None:
-    """Used by schedulers that run several launches: terminate a group, then kill what remains."""
-    _killpg(pgid, signal.SIGTERM)
-    end = time.monotonic() + GRACE_SECONDS
-    while group_alive(pgid) and time.monotonic() < end:
-        time.sleep(0.05)
-    _killpg(pgid, signal.SIGKILL)
+    return Outcome(proc.returncode, received[0] if received else None, timed_out and not received)

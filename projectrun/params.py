@@ -68,7 +68,8 @@ def local_path(value: str) -> str | None:
     """The local file a ``path`` value names, or None for remote URIs (s3://, runs:/, http://...)."""
     parsed = urllib.parse.urlparse(value)
     if not parsed.scheme or len(parsed.scheme) == 1:  # len 1: a Windows drive letter
-        return value
+        # MLflow reads even a plain path through url2pathname, so 'a%20b' names 'a b'.
+        return urllib.request.url2pathname(value)
     if parsed.scheme == "file" and not parsed.netloc:
         return urllib.request.url2pathname(parsed.path)
     return None
@@ -110,8 +111,9 @@ def resolve(entry_point: EntryPoint, given: dict[str, str], cwd: Path | None = N
             bases = [cwd] if name in given or project_dir is None else [cwd, project_dir]
             found = next((b / local for b in bases if os.path.exists(b / local)), None)
             if found is None:
+                where = " or ".join(str(b) for b in bases)
                 problems.append(f"{source}: '{name}' is a path parameter but {local} does not "
-                                f"exist (relative paths are taken from {cwd})")
+                                f"exist (relative paths are taken from {where})")
                 continue
             value = os.path.abspath(found)
         values[name] = value

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,15 +98,26 @@ class RunResult:
     experiment_id: str
     status: str
     returncode: int
-    log_path: Path
+    #: the kept local copy of the output (None once it reached the store and was removed)
+    log_path: Path | None = None
+    #: the signal that stopped the run (KILLED), if any
+    signal: int | None = None
+    timed_out: bool = False
+    #: what went wrong after the run was created (env build, download, tracking)
+    error: ProjectRunError | None = None
 
 
-def plan(request: LaunchRequest, report: Reporter = _stderr) -> Plan:
+def plan(request: LaunchRequest, report: Reporter = _stderr,
+         source: sources.Source | None = None) -> Plan:
     """Resolve everything that records nothing: a bad input fails here, before any run exists.
 
     A git source is fetched (that fills the clone cache); call ``plan.source.close()`` after.
+    A scheduler that launches one project many times passes the ``source`` it resolved once
+    (and closes it itself).
     """
-    source = sources.resolve(request.uri, request.version, offline=request.offline, report=report)
+    owned = source is None
+    if source is None:
+        source = sources.resolve(request.uri, request.version, offline=request.offline, report=report)
     try:
         project = spec.load_project(source.directory)
         if project.file is None and source.kind == "git" and not request.entry_point.endswith(
@@ -120,7 +132,8 @@ def plan(request: LaunchRequest, report: Reporter = _stderr) -> Plan:
         command = params.render_command(entry_point, resolved)
         manager = envs.select_manager(project, request.env_manager)
     except BaseException:
-        source.close()
+        if owned:
+            source.close()
         raise
     return Plan(request, source, project, entry_point, resolved, command, manager,
                 tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
@@ -136,7 +149,6 @@ class _Terminated(BaseException):
 @contextmanager
 def _signals_raise() -> Iterator[None]:
     """Outside the child's lifetime, SIGTERM/SIGHUP unwind the stack like Ctrl-C does."""
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -185,17 +197,43 @@ def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
     """Plan, record and run one launch; raise RunFailed / RunInterrupted after recording the end."""
     the_plan = plan(request, report)
     try:
-        return _launch(the_plan, report)
+        result = execute(the_plan, report)
     finally:
         the_plan.source.close()
+    if result.error is not None:
+        raise result.error
+    if result.status == tracking.KILLED:
+        sig = result.signal or signal.SIGINT
+        raise RunInterrupted(f"run {result.run_id} was stopped by {signal.Signals(sig).name} and "
+                             f"marked KILLED", sig)
+    if result.status == tracking.FAILED:
+        raise RunFailed(failure_message(result, request.entry_point))
+    return result
 
 
-def _launch(the_plan: Plan, report: Reporter) -> RunResult:
+def failure_message(result: RunResult, entry_point: str) -> str:
+    if result.timed_out:
+        why = "timed out and was stopped"
+    else:
+        why = f"exited with code {result.returncode}"
+    return (f"run {result.run_id} failed: entry point '{entry_point}' {why}; its output is in the "
+            f"run's artifacts at {tracking.LOG_ARTIFACT_DIR}/{tracking.LOG_FILE_NAME}")
+
+
+def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tracker | None = None,
+            experiment_id: str | None = None, cancel: threading.Event | None = None,
+            timeout: float | None = None, log_path: Path | None = None) -> RunResult:
+    """Record the run, build the env, run the command, and end the run whatever happens.
+
+    Run failures come back as the result's status; errors before the run exists are raised.
+    ``log_path`` keeps the output there (sweeps); by default it lives in a temp dir that is
+    removed once the log reached the store.
+    """
     request = the_plan.request
-    tracker = tracking.Tracker(the_plan.tracking_uri)
+    tracker = tracker or tracking.Tracker(the_plan.tracking_uri)
     if request.run_id:
         experiment_id = tracker.existing_run_experiment(request.run_id)
-    else:
+    elif experiment_id is None:
         experiment_id = tracker.experiment_id(request.experiment_name, request.experiment_id)
     tags = tracking.base_tags(the_plan.source.name, request.entry_point)
     tags.update(the_plan.source.git_tags)
@@ -203,16 +241,19 @@ def _launch(the_plan: Plan, report: Reporter) -> RunResult:
     tags[tracking.TAG_BACKEND] = "local"
     run_id = ""
     status = tracking.FAILED
-    log_dir = Path(tempfile.mkdtemp(prefix="projectrun-"))
-    log_path = log_dir / tracking.LOG_FILE_NAME
-    outcome = None
+    keep_log = log_path is not None
+    log_dir = log_path.parent if log_path is not None else Path(tempfile.mkdtemp(prefix="projectrun-"))
+    log_path = log_path or log_dir / tracking.LOG_FILE_NAME
+    outcome = launch_mod.Outcome(1)
+    error: ProjectRunError | None = None
     with _signals_raise():
         try:
             if request.run_id:
                 run_id = request.run_id  # MLflow logs neither params nor tags on a reused run
             else:
                 run_id = tracker.create_run(experiment_id, tags, the_plan.params.logged, request.run_name)
-            report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
+            if request.echo:
+                report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
             prepared = kind.prepare(the_plan.project, verbose=request.verbose, report=report)
             extra_tags = {tracking.TAG_COMMAND: the_plan.command[:5000]}
@@ -231,7 +272,7 @@ def _launch(the_plan: Plan, report: Reporter) -> RunResult:
             if request.verbose:
                 report(f"running: {prepared.wrap(command)}")
             outcome = launch_mod.run_shell(prepared.wrap(command), the_plan.source.directory, env,
-                                                log_path, echo=request.echo)
+                                           log_path, echo=request.echo, cancel=cancel, timeout=timeout)
             if outcome.signal is not None:
                 status = tracking.KILLED
             else:
@@ -241,33 +282,25 @@ def _launch(the_plan: Plan, report: Reporter) -> RunResult:
             signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
             outcome = launch_mod.Outcome(128 + signum, signum)
         except ProjectRunError as exc:
-            if run_id:
-                with open(log_path, "a", encoding="utf-8") as fh:
-                    fh.write(f"projectrun: error: {exc}\n")
-            raise
+            if not run_id:
+                raise
+            error = exc
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(f"projectrun: error: {exc}\n")
         finally:
-            if run_id and _finish(tracker, run_id, status, log_path, report):
+            uploaded = bool(run_id) and _finish(tracker, run_id, status, log_path, report, request.echo)
+            if not keep_log and (uploaded or not run_id):
                 shutil.rmtree(log_dir, ignore_errors=True)
-            elif not run_id:
-                shutil.rmtree(log_dir, ignore_errors=True)
-    assert outcome is not None
-    if status == tracking.KILLED:
-        sig = outcome.signal or signal.SIGINT
-        raise RunInterrupted(f"run {run_id} was stopped by {signal.Signals(sig).name} and marked KILLED", sig)
-    if status == tracking.FAILED:
-        raise RunFailed(f"run {run_id} failed: entry point '{request.entry_point}' exited with code "
-                        f"{outcome.returncode}; its output is in the run's artifacts at "
-                        f"{tracking.LOG_ARTIFACT_DIR}/{tracking.LOG_FILE_NAME}")
-    return RunResult(run_id, experiment_id, status, outcome.returncode, log_path)
+    return RunResult(run_id, experiment_id, status, outcome.returncode,
+                     log_path if log_path.exists() else None, outcome.signal, outcome.timed_out, error)
 
 
-def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, report: Reporter) -> bool:
+def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, report: Reporter,
+            announce: bool = True) -> bool:
     """Upload the log and end the run; survive a second Ctrl-C so the run never stays RUNNING.
 
     Returns whether the log reached the store (if not, the local copy must be kept)."""
     old = signal.getsignal(signal.SIGINT)
-    import threading
-
     main = threading.current_thread() is threading.main_thread()
     if main:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -280,7 +313,8 @@ def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path,
                 uploaded = False
                 report(f"warning: could not upload the run log: {exc}; it is kept at {log_path}")
         tracker.terminate(run_id, status)
-        report(f"run {run_id} {status}")
+        if announce:
+            report(f"run {run_id} {status}")
         return uploaded
     finally:
         if main:

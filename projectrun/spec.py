@@ -162,7 +162,7 @@ def _entry_points(doc: YamlDoc, warnings: list[str]) -> tuple[dict[str, EntryPoi
             if isinstance(pspec, str):
                 ptype, default = pspec, None
             else:
-                ptype, default = str(pspec.get("type", "string")), pspec.get("default")
+                ptype, default = str(pspec.get("type", "string")), _plain(pspec.get("default"))
             if ptype not in KNOWN_PARAM_TYPES:
                 warnings.append(f"{doc.where(ppath)}: parameter '{pname}' has unknown type '{ptype}'; "
                                 f"treated as string (known: {', '.join(KNOWN_PARAM_TYPES)})")
@@ -171,16 +171,36 @@ def _entry_points(doc: YamlDoc, warnings: list[str]) -> tuple[dict[str, EntryPoi
         ep_problems = _command_problems(doc, path, name, command, params)
         if ep_problems:
             problems[name] = tuple(ep_problems)
+        if not isinstance(command, str):  # reported above; keep EntryPoint.command a str or None
+            command = None
         entry_points[name] = EntryPoint(name, params, command, True, doc.line(path))
     return entry_points, problems
 
 
-def _command_problems(doc: YamlDoc, path: tuple[str, ...], name: str, command: str | None,
+def _plain(value: Any) -> Any:
+    """A default as JSON can hold it. MLflow substitutes ``str(default)``; for YAML values JSON
+    lacks (dates, sets, binary) that string is kept instead, which renders identically."""
+    def jsonable(v: Any) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, (str, int, float, bool)) and jsonable(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(jsonable(x) for x in v)
+        return v is None or isinstance(v, (str, int, float, bool))
+
+    return value if jsonable(value) else str(value)
+
+
+def _command_problems(doc: YamlDoc, path: tuple[str, ...], name: str, command: Any,
                       params: dict[str, Parameter]) -> list[str]:
-    """Problems MLflow only hits when it runs the entry point (a KeyError or AttributeError there)."""
+    """Problems MLflow only hits when it runs the entry point (a KeyError or AttributeError there),
+    so they stop that entry point, not the file: MLflow still runs the others."""
     if command is None:
         return [f"{doc.where(path)}: entry point '{name}' has no 'command'; add one"]
     where = doc.where(path + ("command",))
+    if not isinstance(command, str):
+        kind = {dict: "a mapping", list: "a list"}.get(type(command), type(command).__name__)
+        return [f"{where}: entry point '{name}': command must be a string, got {kind}; "
+                f"quote it or use a block scalar (command: |)"]
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(command) if f is not None]
     except ValueError as exc:
@@ -197,6 +217,14 @@ def _command_problems(doc: YamlDoc, path: tuple[str, ...], name: str, command: s
             found.append(f"{where}: entry point '{name}': command uses '{{{base}}}' but no parameter "
                          f"'{base}' is declared (declared: {declared}); declare it, or write "
                          f"shell variables as $VAR, not ${{VAR}}")
+    if not found:
+        try:  # conversions and format specs ({x!z}, {x:d}) fail for any value MLflow substitutes
+            command.format(**{p: shlex.quote("a b" * 100) for p in params})
+        except IndexError:  # {x[9]} depends on the value's length: only the run can tell
+            pass
+        except (KeyError, ValueError, AttributeError, TypeError) as exc:
+            found.append(f"{where}: entry point '{name}': command cannot be filled in "
+                         f"({type(exc).__name__}: {exc}); write literal braces as {{{{ and }}}}")
     return found
 
 

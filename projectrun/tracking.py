@@ -60,6 +60,19 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     return uri
 
 
+def _sqlite_lock(uri: str) -> Any:
+    import hashlib
+
+    from filelock import FileLock
+
+    from projectrun import cache
+
+    locks = cache.ensure_root() / "locks"
+    locks.mkdir(exist_ok=True)
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return FileLock(str(locks / f"sqlite-{digest}.lock"))
+
+
 def git_info(path: Path) -> dict[str, str]:
     """Git tags MLflow writes for a project inside a work tree, plus the dirty flag it never writes."""
     try:
@@ -134,7 +147,15 @@ class Tracker:
 
             # MLflow's INFO lines ("Creating initial MLflow database tables...") are noise here.
             logging.getLogger("mlflow").setLevel(logging.WARNING)
-            self._client = MlflowClient(tracking_uri=self.uri)
+            if self.uri.startswith("sqlite:///"):
+                # Several launches opening a new database at once race in MLflow's table
+                # creation ("table _alembic_tmp_metrics already exists"): create it under a lock.
+                with _sqlite_lock(self.uri):
+                    client = self._call("opening the store", MlflowClient, tracking_uri=self.uri)
+                    self._call("opening the store", client.search_experiments, max_results=1)
+            else:
+                client = MlflowClient(tracking_uri=self.uri)
+            self._client = client
         return self._client
 
     def _probe_server(self) -> None:
