@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_project", "run"]
+__all__ = ["__version__", "load_project", "run", "run_sweep"]
 
 if TYPE_CHECKING:
     from projectrun.runner import RunResult
     from projectrun.spec import Project
+    from projectrun.sweep import SweepResult
 
 
 def load_project(directory: str) -> Project:
@@ -32,3 +33,16 @@ def run(uri: str, entry_point: str = "main", parameters: dict[str, Any] | None =
 
     params = {k: str(v) for k, v in (parameters or {}).items()}
     return launch(LaunchRequest(uri=uri, entry_point=entry_point, parameters=params, **options))
+
+
+def run_sweep(path: str, **options: Any) -> SweepResult:
+    """Run a sweep file, as ``projectrun sweep PATH`` does; options are SweepOptions fields
+    (jobs, resume, allow_changed, experiment_name, experiment_id, env_manager, offline, verbose)."""
+    import os
+
+    from projectrun.sweep import SweepOptions
+    from projectrun.sweep import run_sweep as _run
+    from projectrun.sweepplan import load_sweep
+
+    options.setdefault("sweep_file", os.path.abspath(path))
+    return _run(load_sweep(path), SweepOptions(**options), lambda _m: None)

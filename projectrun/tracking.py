@@ -269,6 +269,10 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
         self._call("uploading " + path.name, self.client.log_artifact, run_id, str(path), artifact_dir)
 
+    def set_running(self, run_id: str) -> None:
+        """A resumed sweep's parent is RUNNING again until the sweep ends."""
+        self._call("reopening the run", self.client.update_run, run_id, status="RUNNING")
+
     def terminate(self, run_id: str, status: str) -> None:
         self._call(f"marking the run {status}", self.client.set_terminated, run_id, status)
 
