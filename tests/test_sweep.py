@@ -214,3 +214,11 @@ def test_python_api(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep = _write(workdir, "parameters:\n  alpha: [0.1, 0.2]\n")
     result = projectrun.run_sweep(str(sweep), jobs=2)
     assert result.status == "FINISHED" and len(result.results) == 2
+
+
+def test_timeout_fails_a_trial_and_stops_its_processes(cli: CliRunner, workdir: Path) -> None:
+    res = cli("sweep", str(_write(workdir, "parameters:\n  alpha: 0.1\n  sleep: 60\ntimeout: 1s\n")))
+    assert res.returncode == 1
+    assert "timed out" in res.stderr
+    (child,) = _children(workdir, _parent(workdir).info.run_id)
+    assert child.info.status == "FAILED"
