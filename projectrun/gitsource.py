@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from projectrun import cache
 from projectrun.errors import NetworkError, SourceError, UsageError
-from projectrun.tracking import strip_credentials
+from projectrun.gitinfo import strip_credentials
 
 Report = Callable[[str], None]
 

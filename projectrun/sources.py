@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from projectrun import gitinfo
 from projectrun.errors import SourceError
 
 Report = Callable[[str], None]
@@ -66,8 +67,6 @@ def local_path(uri: str) -> Path | None:
 
 
 def resolve_local(uri: str) -> Source:
-    from projectrun import tracking
-
     base, sub = split_fragment(uri)
     path = local_path(base)
     if path is None:
@@ -75,28 +74,21 @@ def resolve_local(uri: str) -> Source:
     if not path.is_dir():
         raise SourceError(f"{uri}: not a directory; give the folder that holds the MLproject file")
     directory = _subdirectory(path.resolve(), sub, uri)
-    return Source(directory=directory, name=tracking.local_source_name(directory),
-                  git_tags=tracking.git_info(directory))
-
-
-def _git_top(path: Path) -> Path | None:
-    import subprocess
-
-    out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
-    return Path(out.stdout.strip()) if out.returncode == 0 else None
+    return Source(directory=directory, name=gitinfo.source_name(directory),
+                  git_tags=gitinfo.info(directory))
 
 
 def resolve_git(uri: str, version: str | None, *, offline: bool, report: Report) -> Source:
-    from projectrun import gitsource, tracking
+    from projectrun import gitsource
 
     base, sub = split_fragment(uri)
     co = gitsource.fetch(base, version, sub, offline=offline, report=report)
-    tags = {tracking.TAG_GIT_COMMIT: co.commit, tracking.TAG_GIT_DIRTY: "false"}
+    tags = {gitinfo.TAG_GIT_COMMIT: co.commit, gitinfo.TAG_GIT_DIRTY: "false"}
     if co.repo_url:
-        tags[tracking.TAG_GIT_REPO_URL] = co.repo_url
+        tags[gitinfo.TAG_GIT_REPO_URL] = co.repo_url
     if co.branch_tag:
-        tags[tracking.TAG_GIT_BRANCH] = co.branch_tag
-    return Source(directory=co.directory, name=tracking.strip_credentials(uri), git_tags=tags,
+        tags[gitinfo.TAG_GIT_BRANCH] = co.branch_tag
+    return Source(directory=co.directory, name=gitinfo.strip_credentials(uri), git_tags=tags,
                   kind="git", cleanup=co.cleanup)
 
 
@@ -113,7 +105,7 @@ def resolve(uri: str, version: str | None = None, *, offline: bool = False,
     path = local_path(base)
     is_git = gitsource.is_git_url(base)
     if path is not None and path.is_dir():
-        top = _git_top(path.resolve())  # None for plain directories and bare repositories
+        top = gitinfo.toplevel(path.resolve())  # None for plain directories and bare repositories
         if version is None and (top is not None or not is_git):
             return resolve_local(uri)  # run in place, as MLflow does
         if version is not None and top is not None:

@@ -25,10 +25,6 @@ TAG_SOURCE_TYPE = "mlflow.source.type"
 TAG_ENTRY_POINT = "mlflow.project.entryPoint"
 TAG_ENV = "mlflow.project.env"
 TAG_BACKEND = "mlflow.project.backend"
-TAG_GIT_COMMIT = "mlflow.source.git.commit"
-TAG_GIT_REPO_URL = "mlflow.source.git.repoURL"
-TAG_GIT_BRANCH = "mlflow.source.git.branch"
-TAG_GIT_DIRTY = "mlflow.source.git.dirty"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 TAG_COMMAND = "projectrun.command"
 TAG_ENV_KEY = "projectrun.env.key"
@@ -73,47 +69,6 @@ def _sqlite_lock(uri: str) -> Any:
     return FileLock(str(locks / f"sqlite-{digest}.lock"))
 
 
-def git_info(path: Path) -> dict[str, str]:
-    """Git tags MLflow writes for a project inside a work tree, plus the dirty flag it never writes."""
-    try:
-        import git
-    except ImportError:
-        return {}
-    try:
-        repo = git.Repo(path, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError, git.GitCommandNotFound):
-        return {}
-    tags: dict[str, str] = {}
-    try:
-        if not repo.ignored(str(path)):
-            tags[TAG_GIT_COMMIT] = repo.head.commit.hexsha
-            tags[TAG_GIT_DIRTY] = str(repo.is_dirty(untracked_files=False)).lower()
-    except (ValueError, git.GitCommandError):  # no commits yet
-        pass
-    url = next((r.url for r in repo.remotes), None)
-    if url:
-        tags[TAG_GIT_REPO_URL] = strip_credentials(url)
-    return tags
-
-
-def strip_credentials(url: str) -> str:
-    """Drop ``user:token@`` from a URL before it is stored as a tag."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I)
-
-
-def local_source_name(directory: Path) -> str:
-    """``file://<work tree>#<subdir>`` inside a git repo, else the absolute path, as MLflow writes it."""
-    try:
-        import git
-
-        repo = git.Repo(directory, search_parent_directories=True)
-        top = str(repo.working_tree_dir)
-    except Exception:  # noqa: BLE001 - GitPython raises several unrelated types; any means "not git"
-        return str(directory)
-    rel = str(directory)[len(top):].lstrip("/") if str(directory).startswith(top) else ""
-    return f"file://{top}" + (f"#{rel}" if rel else "")
-
-
 def base_tags(source_name: str, entry_point: str) -> dict[str, str]:
     try:
         user = getpass.getuser()
@@ -129,37 +84,67 @@ def base_tags(source_name: str, entry_point: str) -> dict[str, str]:
 
 @dataclass
 class Tracker:
-    """One tracking store, opened lazily."""
+    """One tracking store: a fast path where one applies, MLflow's client for everything else."""
 
     uri: str
-    _client: Any = None
+    _fast: Any = None
+    _slow: Any = None
+    _probed: bool = False
 
     @property
     def client(self) -> MlflowClient:
-        if self._client is None:
+        """MLflow's client, for what only it does (searches, downloads) and for fallbacks."""
+        return self._client_store().client  # type: ignore[no-any-return]
+
+    def _client_store(self) -> Any:
+        if self._slow is None:
             try:
-                from mlflow.tracking import MlflowClient
+                from projectrun.stores.client import ClientStore
             except ImportError as exc:  # pragma: no cover - mlflow-skinny is a dependency
                 raise TrackingError(f"cannot import mlflow ({exc}); pip install mlflow-skinny") from None
-            if self.uri.startswith(("http://", "https://")):
-                self._probe_server()
-            import logging
-
-            # MLflow's INFO lines ("Creating initial MLflow database tables...") are noise here.
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            self._probe_server()
             if self.uri.startswith("sqlite:///"):
                 # Several launches opening a new database at once race in MLflow's table
                 # creation ("table _alembic_tmp_metrics already exists"): create it under a lock.
                 with _sqlite_lock(self.uri):
-                    client = self._call("opening the store", MlflowClient, tracking_uri=self.uri)
-                    self._call("opening the store", client.search_experiments, max_results=1)
+                    store = self._call("opening the store", ClientStore, self.uri)
+                    self._call("opening the store", store.client.search_experiments, max_results=1)
             else:
-                client = MlflowClient(tracking_uri=self.uri)
-            self._client = client
-        return self._client
+                store = self._call("opening the store", ClientStore, self.uri)
+            self._slow = store
+        return self._slow
+
+    def _fast_store(self) -> Any:
+        if self._fast is None:
+            self._fast = False
+            if os.environ.get("PROJECTRUN_TRACKING", "").lower() != "client":
+                if self.uri.startswith("sqlite:///"):
+                    from projectrun.stores.sqlite import SqliteStore
+
+                    self._fast = SqliteStore.open(self.uri) or False
+                elif self.uri.startswith(("http://", "https://")):
+                    from projectrun.stores.rest import RestStore
+
+                    self._probe_server()
+                    self._fast = RestStore(self.uri)
+        return self._fast
+
+    def _do(self, what: str, op: str, *args: Any) -> Any:
+        """``op`` on the fast store if there is one and it can; else through MLflow's client."""
+        from projectrun.stores import Unsupported
+
+        fast = self._fast_store()
+        if fast:
+            try:
+                return self._call(what, getattr(fast, op), *args)
+            except Unsupported:
+                pass
+        return self._call(what, getattr(self._client_store(), op), *args)
 
     def _probe_server(self) -> None:
         """Fail in seconds, not after MLflow's minutes of retries, when the server is down."""
+        if self._probed or not self.uri.startswith(("http://", "https://")):
+            return
         import urllib.error
         import urllib.request
 
@@ -171,19 +156,24 @@ class Tracker:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(f"tracking server {self.uri} is not reachable ({reason}); start it "
                                 f"or fix MLFLOW_TRACKING_URI") from None
+        self._probed = True
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one client call; turn MLflow's exceptions into one line naming the store."""
+        """Run one store call; turn its exceptions into one line naming the store."""
+        from projectrun.stores import AlreadyExists, Unsupported
+
         try:
             return fn(*args, **kwargs)
-        except (TrackingError, UsageError):
+        except (TrackingError, UsageError, Unsupported, AlreadyExists):
             raise
-        except Exception as exc:  # noqa: BLE001 - MlflowException, requests and sqlalchemy errors
+        except Exception as exc:  # noqa: BLE001 - MlflowException, HTTP, sqlite and sqlalchemy errors
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrackingError(f"tracking store {self.uri}: {what} failed: {message}") from exc
 
     def experiment_id(self, name: str | None, experiment_id: str | None) -> str:
         """Flags win over MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID; a missing name is created."""
+        from projectrun.stores import AlreadyExists
+
         if name and experiment_id:
             raise UsageError("give only one of --experiment-name and --experiment-id")
         if not name and not experiment_id:
@@ -192,51 +182,28 @@ class Tracker:
             if name and experiment_id:
                 raise UsageError("both MLFLOW_EXPERIMENT_NAME and MLFLOW_EXPERIMENT_ID are set; unset one")
         if experiment_id:
-            exp = self._call("looking up the experiment", self._get_experiment, experiment_id)
+            exp = self._do("looking up the experiment", "get_experiment", experiment_id)
             if exp is None:
                 raise UsageError(f"--experiment-id {experiment_id}: no such experiment in {self.uri}")
             self._check_active(exp, f"--experiment-id {experiment_id}")
             return str(exp.experiment_id)
         if not name:
             return "0"
-        exp = self._call("looking up the experiment", self.client.get_experiment_by_name, name)
+        exp = self._do("looking up the experiment", "get_experiment_by_name", name)
         if exp is None:
-            exp_id = self._call("creating the experiment", self._create_experiment, name)
-            return str(exp_id)
+            try:
+                return str(self._do("creating the experiment", "create_experiment", name))
+            except AlreadyExists:  # a parallel launch created it first
+                exp = self._do("looking up the experiment", "get_experiment_by_name", name)
         self._check_active(exp, f"--experiment-name {name}")
         return str(exp.experiment_id)
 
     def existing_run_experiment(self, run_id: str) -> str:
         """``--run-id``: the run must exist; it keeps its own experiment."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run = self.client.get_run(run_id)
-        except MlflowException:
-            raise UsageError(f"--run-id {run_id}: no such run in {self.uri}") from None
-        return str(run.info.experiment_id)
-
-    def _get_experiment(self, experiment_id: str) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_experiment(experiment_id)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-
-    def _create_experiment(self, name: str) -> str:
-        """Create, tolerating a concurrent launch that created it first (parallel sweeps do)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.create_experiment(name))
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            exp = self.client.get_experiment_by_name(name)
-            return str(exp.experiment_id)
+        experiment = self._do("looking up the run", "run_experiment", run_id)
+        if experiment is None:
+            raise UsageError(f"--run-id {run_id}: no such run in {self.uri}")
+        return str(experiment)
 
     @staticmethod
     def _check_active(exp: Any, flag: str) -> None:
@@ -246,35 +213,32 @@ class Tracker:
 
     def create_run(self, experiment_id: str, tags: dict[str, str], params: dict[str, str],
                    run_name: str | None) -> str:
-        """Create the RUNNING run with its tags and every param in one batch."""
-        run = self._call("creating the run", self.client.create_run, experiment_id, tags=tags, run_name=run_name)
-        run_id: str = run.info.run_id
+        """Create the RUNNING run with its tags, then every param in one batch."""
+        import time
+
+        run_id: str = self._do("creating the run", "create_run", experiment_id, tags, run_name,
+                               int(time.time() * 1000))
         if params:
             self.log_params(run_id, params)
         return run_id
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        batch = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(batch), 100):  # stores cap a batch at 100 params
-            self._call("logging params", self.client.log_batch, run_id, params=batch[i:i + 100])
+        self._do("logging params", "log_batch", run_id, params, {})
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self._call("setting tags", self.client.log_batch, run_id,
-                   tags=[RunTag(k, v) for k, v in tags.items()])
+        self._do("setting tags", "log_batch", run_id, {}, tags)
 
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
-        self._call("uploading " + path.name, self.client.log_artifact, run_id, str(path), artifact_dir)
+        self._do("uploading " + path.name, "log_artifact", run_id, path, artifact_dir)
 
     def set_running(self, run_id: str) -> None:
         """A resumed sweep's parent is RUNNING again until the sweep ends."""
-        self._call("reopening the run", self.client.update_run, run_id, status="RUNNING")
+        self._do("reopening the run", "update_run", run_id, "RUNNING", None)
 
     def terminate(self, run_id: str, status: str) -> None:
-        self._call(f"marking the run {status}", self.client.set_terminated, run_id, status)
+        import time
+
+        self._do(f"marking the run {status}", "update_run", run_id, status, int(time.time() * 1000))
 
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
         """A link for humans when the store is a server; local stores have none."""

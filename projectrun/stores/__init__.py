@@ -1,0 +1,52 @@
+"""Tracking stores: the few primitive operations a launch needs, behind one protocol.
+
+``client.ClientStore`` does everything through MLflow's own client library and works with every
+store MLflow supports. It costs seconds per process (importing mlflow, opening a SQLAlchemy
+store, checking migrations), which is most of `mlflow run`'s launch overhead. So for the two
+common stores there are fast paths that write exactly what MLflow's client writes:
+``sqlite.SqliteStore`` (a database at a schema revision we verified, via the stdlib sqlite3) and
+``rest.RestStore`` (an ``http(s)://`` tracking server, via its documented REST API). A fast path
+raises ``Unsupported`` for anything it is not sure about, and the tracker then uses MLflow's
+client for that call.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+
+class Unsupported(Exception):
+    """A fast path cannot do this (new schema, remote artifact store...): use MLflow's client."""
+
+
+class AlreadyExists(Exception):
+    """create_experiment lost a race with another launch; look the experiment up again."""
+
+
+class Experiment(NamedTuple):
+    experiment_id: str
+    name: str
+    lifecycle_stage: str
+
+
+class Store(Protocol):
+    def get_experiment(self, experiment_id: str) -> Experiment | None: ...
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None: ...
+
+    def create_experiment(self, name: str) -> str: ...
+
+    def create_run(self, experiment_id: str, tags: dict[str, str], run_name: str | None,
+                   start_time: int) -> str:
+        """A RUNNING run; ``mlflow.runName`` is set (given, or generated as MLflow does)."""
+        ...
+
+    def log_batch(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None: ...
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None: ...
+
+    def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None: ...
+
+    def run_experiment(self, run_id: str) -> str | None:
+        """The experiment of an existing run, or None if there is no such run."""
+        ...

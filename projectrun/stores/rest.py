@@ -1,0 +1,468 @@
+"""The store through an MLflow tracking server's REST API, with only the standard library.
+
+Importing mlflow costs seconds and a launch needs seven endpoints, so this speaks them directly:
+the same JSON MLflow's ``RestStore`` sends, the same ``user_id``, the same authentication
+environment variables. Whatever it cannot do exactly as MLflow's client would (custom auth
+plugins, proxies, artifact stores other than the server's own...) raises ``Unsupported`` and
+the tracker does that call through MLflow's client instead. Nothing here may import mlflow.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import mimetypes
+import os
+import posixpath
+import re
+import select
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from projectrun.stores import AlreadyExists, Experiment, Unsupported
+
+API = "/api/2.0/mlflow/"
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+TIMEOUT = 30.0
+BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH: the server refuses bigger batches
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+BACKOFF = (0.5, 1.5)  # sleeps between the three attempts; Retry-After is capped so all stay < 5 s
+RETRY_AFTER_CAP = 2.0
+MULTIPART_MIN = 500 * 1024**2  # MLflow's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE default
+
+
+class RestError(Exception):
+    """The server refused a call; str() is one line, ``ERROR_CODE: message`` as MLflow reports it."""
+
+    def __init__(self, error_code: str, message: str, status: int) -> None:
+        line = " ".join(message.split())
+        if len(line) > 500:
+            line = line[:500] + "..."
+        super().__init__(f"{error_code}: {line}" if line else error_code)
+        self.error_code = error_code
+        self.status = status
+
+
+class RestConnectionError(OSError):
+    """The server could not be reached, or stopped answering, even after retries."""
+
+
+def _env_bool(name: str) -> bool:
+    """MLflow's boolean env parsing; a value it would reject is left to its client to report."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise Unsupported(f"{name}={os.environ[name]!r}")
+
+
+def _header_plugins() -> list[str]:
+    """Installed ``mlflow.request_header_provider`` plugins: their headers are MLflow-only.
+
+    A manual scan of the dist-info entry points takes about a millisecond, where
+    importlib.metadata costs tens of them.
+    """
+    found = []
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info")):
+                try:
+                    with open(os.path.join(entry or ".", name, "entry_points.txt"), encoding="utf-8") as f:
+                        if "mlflow.request_header_provider" in f.read():
+                            found.append(name)
+                except OSError:
+                    continue
+    return found
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether requests (MLflow's HTTP library) would go through a proxy from the environment."""
+    env = {k.lower(): v for k, v in os.environ.items() if k.lower().endswith("_proxy") and v}
+    if not (env.get(f"{scheme}_proxy") or env.get("all_proxy")):
+        return False
+    for entry in (e.strip().lower() for e in env.get("no_proxy", "").split(",")):
+        entry = entry.split(":")[0].lstrip(".") if entry != "*" else entry
+        if entry and (entry == "*" or host == entry or host.endswith("." + entry)):
+            return False
+    return True
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _authorization(host: str) -> str | None:
+    """The Authorization header MLflow's client ends up sending.
+
+    MLflow prefers username+password (env, else ~/.mlflow/credentials) over a token; then
+    requests replaces either with ~/.netrc credentials when that file has an entry for the host.
+    """
+    netrc_auth = _netrc_auth(host)
+    if netrc_auth:
+        return netrc_auth
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or None
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or None
+    if not (user and password):
+        file_user, file_password = _credentials_file()
+        user, password = user or file_user, password or file_password
+    if user and password:
+        return _basic(user, password)
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return f"Bearer {token}" if token else None
+
+
+def _credentials_file() -> tuple[str | None, str | None]:
+    path = os.path.expanduser("~/.mlflow/credentials")
+    if not os.path.exists(path):
+        return None, None
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(path)
+    if "mlflow" not in config:
+        return None, None
+    section = config["mlflow"]
+    return section.get("mlflow_tracking_username"), section.get("mlflow_tracking_password")
+
+
+def _netrc_auth(host: str) -> str | None:
+    """requests' get_netrc_auth: $NETRC or ~/.netrc or ~/_netrc, parse errors ignored."""
+    paths = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    for path in (os.path.expanduser(p) for p in paths):
+        if os.path.exists(path):
+            import netrc
+
+            try:
+                found = netrc.netrc(path).authenticators(host)
+            except (netrc.NetrcParseError, OSError):
+                return None
+            if found:
+                return _basic(found[0] or found[1] or "", found[2] or "")
+            return None
+    return None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """Verification as MLflow's client does it: its env vars, then requests' CA bundle choice."""
+    insecure = _env_bool("MLFLOW_TRACKING_INSECURE_TLS")
+    server_cert = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
+    if insecure and server_cert:
+        raise Unsupported("both MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        bundle = (server_cert or os.environ.get("REQUESTS_CA_BUNDLE")
+                  or os.environ.get("CURL_CA_BUNDLE") or None)
+        if bundle is None:
+            try:
+                import certifi  # what requests verifies against by default
+
+                bundle = certifi.where()
+            except ImportError:
+                pass
+        try:
+            if bundle and os.path.isdir(bundle):
+                ctx = ssl.create_default_context(capath=bundle)
+            else:
+                ctx = ssl.create_default_context(cafile=bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise Unsupported(f"CA bundle {bundle}: {exc}") from None
+    client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    if client_cert:
+        try:
+            ctx.load_cert_chain(client_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise Unsupported(f"client certificate {client_cert}: {exc}") from None
+    return ctx
+
+
+def _stale(conn: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive socket that is readable has been closed by the server."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class RestStore:
+    """An ``http(s)://`` tracking server through its REST API, one keep-alive connection per thread."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri.rstrip("/")
+        parsed = urllib.parse.urlsplit(self.uri)
+        self.scheme = parsed.scheme
+        self.netloc = parsed.netloc
+        self.prefix = parsed.path  # a server behind a path (http://host/mlflow) keeps it
+        self._local = threading.local()
+        self._artifact_uris: dict[str, str] = {}
+        self._headers: dict[str, str] = {}
+        self._ssl: ssl.SSLContext | None = None
+        # The Tracker only catches Unsupported around calls, so a setting we cannot honour is
+        # remembered here and raised by each call rather than by the constructor.
+        self._unsupported: str | None = None
+        try:
+            self._configure(parsed)
+        except Unsupported as exc:
+            self._unsupported = str(exc)
+
+    def _configure(self, parsed: urllib.parse.SplitResult) -> None:
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise Unsupported(f"tracking URI {self.uri}")
+        if parsed.username or parsed.password or parsed.query or parsed.fragment:
+            raise Unsupported("credentials, query or fragment in the tracking URI")
+        for name in ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE"):
+            if os.environ.get(name, "").strip():
+                raise Unsupported(f"{name} is set")
+        if _env_bool("MLFLOW_TRACKING_AWS_SIGV4"):
+            raise Unsupported("MLFLOW_TRACKING_AWS_SIGV4 is set")
+        plugins = _header_plugins()
+        if plugins:
+            raise Unsupported(f"MLflow request header plugins installed: {', '.join(plugins)}")
+        if parsed.scheme == "https":
+            self._ssl = _ssl_context()
+        self._headers = {"User-Agent": "projectrun", "Accept": "application/json"}
+        auth = _authorization(parsed.hostname)
+        if auth:
+            self._headers["Authorization"] = auth
+
+    def _check(self) -> None:
+        if self._unsupported is not None:
+            raise Unsupported(self._unsupported)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _connection(self, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to ``netloc`` and whether it has been used before."""
+        conns: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(netloc)
+        if conn is None:
+            if _proxied(self.scheme, urllib.parse.urlsplit(f"//{netloc}").hostname or ""):
+                raise Unsupported(f"a proxy from the environment applies to {netloc}")
+            if self.scheme == "https":
+                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
+            conns[netloc] = conn
+        elif _stale(conn):
+            conn.close()
+        return conn, conn.sock is not None
+
+    def _send(self, method: str, netloc: str, path: str, headers: dict[str, str],
+              body: bytes | Callable[[], BinaryIO] | None = None) -> tuple[int, str, bytes]:
+        """One request with MLflow-like retries; ``body`` may open a file anew per attempt."""
+        headers = {**self._headers, **headers}
+        delays = list(BACKOFF)
+        reset_retried = False
+        where = f"{self.scheme}://{netloc}"
+        while True:
+            conn, reused = self._connection(netloc)
+            stream = body() if callable(body) else None
+            try:
+                conn.request(method, path, body=stream if stream is not None else body, headers=headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+            except ssl.SSLCertVerificationError as exc:
+                conn.close()
+                raise Unsupported(f"TLS verification of {where} failed: {exc.verify_message}") from None
+            except TimeoutError:
+                conn.close()
+                raise RestConnectionError(f"{where} did not answer within {TIMEOUT:.0f} s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if reused and not reset_retried and isinstance(
+                        exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+                              http.client.RemoteDisconnected)):
+                    reset_retried = True  # the server dropped an idle keep-alive connection
+                    continue
+                if isinstance(exc, OSError) and not isinstance(
+                        exc, (ConnectionError, http.client.HTTPException)):
+                    # DNS failures, unreachable networks: retrying in seconds will not help.
+                    raise RestConnectionError(f"cannot reach {where} ({exc})") from None
+                if not delays:
+                    reason = str(exc) or type(exc).__name__
+                    raise RestConnectionError(f"cannot reach {where} ({reason})") from None
+                time.sleep(delays.pop(0))
+                continue
+            finally:
+                if stream is not None:
+                    stream.close()
+            if resp.status in RETRY_STATUS and delays:
+                delay = delays.pop(0)
+                try:
+                    delay = max(delay, min(float(resp.getheader("Retry-After") or 0), RETRY_AFTER_CAP))
+                except ValueError:
+                    pass
+                time.sleep(delay)
+                continue
+            return resp.status, resp.reason, payload
+
+    def _call(self, method: str, endpoint: str, data: dict[str, Any]) -> dict[str, Any]:
+        """One JSON API call; an error answer raises RestError with MLflow's error_code."""
+        self._check()
+        path = f"{self.prefix}{API}{endpoint}"
+        if method == "GET":
+            status, reason, payload = self._send(method, self.netloc, f"{path}?{urllib.parse.urlencode(data)}", {})
+        else:
+            status, reason, payload = self._send(method, self.netloc, path,
+                                                 {"Content-Type": "application/json"},
+                                                 json.dumps(data).encode())
+        return self._parse(status, reason, payload, path)
+
+    def _parse(self, status: int, reason: str, payload: bytes, path: str) -> dict[str, Any]:
+        if 300 <= status < 400:
+            raise Unsupported(f"{path} redirected (HTTP {status})")
+        try:
+            answer = json.loads(payload) if payload.strip() else {}
+        except ValueError:
+            answer = None
+        if 200 <= status < 300:
+            if not isinstance(answer, dict):
+                raise RestError(f"HTTP {status}", f"{path} answered with something other than JSON; "
+                                f"is {self.uri} an MLflow tracking server?", status)
+            return answer
+        if isinstance(answer, dict) and answer.get("error_code"):
+            raise RestError(str(answer["error_code"]), str(answer.get("message", "")), status)
+        text = payload.decode("utf-8", "replace").strip()
+        raise RestError(f"HTTP {status}", f"{reason} from {path}" + (f": {text[:300]}" if text else ""),
+                        status)
+
+    # -- Store protocol -------------------------------------------------------------------------
+
+    @staticmethod
+    def _experiment(answer: dict[str, Any]) -> Experiment:
+        exp = answer["experiment"]
+        return Experiment(str(exp["experiment_id"]), exp["name"], exp.get("lifecycle_stage", "active"))
+
+    def get_experiment(self, experiment_id: str) -> Experiment | None:
+        try:
+            return self._experiment(self._call("GET", "experiments/get", {"experiment_id": experiment_id}))
+        except RestError as exc:
+            # A malformed id is "no such experiment" too, as ClientStore treats it.
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        try:
+            return self._experiment(self._call("GET", "experiments/get-by-name", {"experiment_name": name}))
+        except RestError as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def create_experiment(self, name: str) -> str:
+        try:
+            return str(self._call("POST", "experiments/create", {"name": name})["experiment_id"])
+        except RestError as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                raise AlreadyExists(name) from None
+            raise
+
+    def create_run(self, experiment_id: str, tags: dict[str, str], run_name: str | None,
+                   start_time: int) -> str:
+        """The server names a run given no run_name, as it does for MLflow's client."""
+        body: dict[str, Any] = {
+            "experiment_id": str(experiment_id),
+            # MlflowClient.create_run takes the deprecated user_id from the mlflow.user tag.
+            "user_id": tags.get("mlflow.user", "unknown"),
+            "start_time": start_time,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        }
+        if run_name is not None:
+            body["run_name"] = run_name
+        info = self._call("POST", "runs/create", body)["run"]["info"]
+        run_id = str(info["run_id"])
+        if info.get("artifact_uri"):
+            self._artifact_uris[run_id] = info["artifact_uri"]
+        return run_id
+
+    def log_batch(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        """In batches of 100 params and 100 tags, paired as MlflowClient.log_batch pairs them."""
+        param_items = [{"key": k, "value": v} for k, v in params.items()]
+        tag_items = [{"key": k, "value": v} for k, v in tags.items()]
+        for param_chunk, tag_chunk in zip_longest(
+                [param_items[i:i + BATCH] for i in range(0, len(param_items), BATCH)],
+                [tag_items[i:i + BATCH] for i in range(0, len(tag_items), BATCH)], fillvalue=[]):
+            self._call("POST", "runs/log-batch",
+                       {"run_id": run_id, "metrics": [], "params": param_chunk, "tags": tag_chunk})
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        """Without end_time the server keeps the run's current one, as MlflowClient.update_run does."""
+        body: dict[str, Any] = {"run_id": run_id, "status": status}
+        if end_time is not None:
+            body["end_time"] = end_time
+        self._call("POST", "runs/update", body)
+
+    def _artifact_uri(self, run_id: str) -> str:
+        if run_id not in self._artifact_uris:
+            info = self._call("GET", "runs/get", {"run_id": run_id})["run"]["info"]
+            self._artifact_uris[run_id] = str(info.get("artifact_uri", ""))
+        return self._artifact_uris[run_id]
+
+    def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
+        """Server-proxied artifacts (``mlflow-artifacts:``) only: one PUT, as MLflow's repo does it."""
+        self._check()
+        path = Path(path)
+        if artifact_dir and (posixpath.normpath(artifact_dir) != artifact_dir or artifact_dir == "."
+                             or artifact_dir.startswith(("..", "/"))):
+            raise Unsupported(f"artifact path {artifact_dir!r}")  # MLflow's client explains it
+        if not path.is_file() or path.stat().st_size >= int(
+                os.environ.get("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE") or MULTIPART_MIN):
+            raise Unsupported(f"{path} is a directory or a multipart-sized file")
+        artifact_uri = self._artifact_uri(run_id)
+        if not artifact_uri.startswith("mlflow-artifacts:"):
+            raise Unsupported(f"artifact store {artifact_uri}")
+        netloc, url_path = self._resolve_artifacts(artifact_uri)
+        url_path = posixpath.join(url_path, *([artifact_dir] if artifact_dir else []), path.name)
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        status, reason, payload = self._send(
+            "PUT", netloc, urllib.parse.quote(url_path, safe="/"),
+            {"Content-Type": mime, "Content-Length": str(path.stat().st_size)},
+            lambda: open(path, "rb"))
+        self._parse(status, reason, payload, url_path)
+
+    def _resolve_artifacts(self, artifact_uri: str) -> tuple[str, str]:
+        """Host and URL path of an mlflow-artifacts URI, as MlflowArtifactsRepository.resolve_uri.
+
+        ``mlflow-artifacts:/0/<run>/artifacts`` lives on the tracking server;
+        ``mlflow-artifacts://host:port/...`` on that host, reached with the tracking URI's scheme.
+        """
+        parsed = urllib.parse.urlsplit(artifact_uri)
+        if parsed.hostname and parsed.hostname.replace(".", "", 1).isdigit() and not parsed.port:
+            raise Unsupported(f"artifact URI {artifact_uri}")  # MLflow's client reports it
+        if parsed.path == "/":
+            resolved = f"{ARTIFACTS_API}/"
+        elif parsed.path == ARTIFACTS_API:
+            resolved = ARTIFACTS_API
+        else:
+            resolved = f"{self.prefix}/{ARTIFACTS_API}/{parsed.path}"
+        resolved = re.sub(r"//+", "/", resolved).rstrip("/")
+        return parsed.netloc or self.netloc, resolved
+
+    def run_experiment(self, run_id: str) -> str | None:
+        try:
+            info = self._call("GET", "runs/get", {"run_id": run_id})["run"]["info"]
+        except RestError as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        if info.get("artifact_uri"):
+            self._artifact_uris[run_id] = info["artifact_uri"]
+        return str(info["experiment_id"])

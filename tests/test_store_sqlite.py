@@ -1,0 +1,60 @@
+"""The sqlite fast path writes what MLflow's client writes, and steps aside when unsure."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from conftest import FIXTURES, CliRunner, client_for
+
+
+def _runs(workdir: Path, exp: str = "0") -> list:  # type: ignore[type-arg]
+    return client_for(f"sqlite:///{workdir / 'mlflow.db'}").search_runs([exp], order_by=["start_time ASC"])
+
+
+def test_fast_and_client_paths_record_the_same_run(cli: CliRunner, workdir: Path) -> None:
+    assert cli(str(FIXTURES / "logger"), "-P", "label=a b").returncode == 0  # creates the db (client)
+    fast = cli(str(FIXTURES / "logger"), "-P", "label=a b")
+    slow = cli(str(FIXTURES / "logger"), "-P", "label=a b", env={"PROJECTRUN_TRACKING": "client"})
+    assert fast.returncode == 0 and slow.returncode == 0, fast.stderr + slow.stderr
+    _, a, b = _runs(workdir)
+
+    def comparable(run):  # type: ignore[no-untyped-def]
+        tags = {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"}
+        info = run.info
+        return (tags, run.data.params, run.data.metrics, info.status, info.user_id,
+                info.lifecycle_stage, info.artifact_uri.replace(info.run_id, "RUN"),
+                bool(info.end_time and info.end_time >= info.start_time))
+
+    assert comparable(a) == comparable(b)
+    assert a.info.run_name == a.data.tags["mlflow.runName"] and a.info.run_name
+    client = client_for(f"sqlite:///{workdir / 'mlflow.db'}")
+    for run in (a, b):
+        names = [f.path for f in client.list_artifacts(run.info.run_id, "projectrun")]
+        assert names == ["projectrun/output.log"]
+
+
+def test_run_name_and_param_conflict(cli: CliRunner, workdir: Path) -> None:
+    assert cli(str(FIXTURES / "logger")).returncode == 0
+    res = cli(str(FIXTURES / "logger"), "--run-name", "mine")
+    assert res.returncode == 0, res.stderr
+    assert _runs(workdir)[-1].info.run_name == "mine"
+
+
+def test_unknown_schema_falls_back_to_mlflow(cli: CliRunner, workdir: Path) -> None:
+    assert cli(str(FIXTURES / "logger")).returncode == 0
+    with sqlite3.connect(workdir / "mlflow.db") as conn:  # a future MLflow adds a required column
+        conn.execute("ALTER TABLE tags ADD COLUMN future TEXT NOT NULL DEFAULT 'x'")
+        conn.execute("ALTER TABLE params ADD COLUMN required_thing TEXT")
+    from projectrun.stores.sqlite import SqliteStore
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert SqliteStore.open(uri) is not None  # nullable or defaulted new columns are fine
+    # a NOT NULL column without default on runs: the fast path must step aside
+    with sqlite3.connect(workdir / "mlflow.db") as conn:
+        conn.execute("ALTER TABLE runs ADD COLUMN must_have INTEGER")
+    with sqlite3.connect(workdir / "mlflow.db") as conn:
+        conn.execute("PRAGMA writable_schema = 1")
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'runs'",
+                     (sql.replace("must_have INTEGER", "must_have INTEGER NOT NULL"),))
+    assert SqliteStore.open(uri) is None
