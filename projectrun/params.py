@@ -48,7 +48,7 @@ class ResolvedParams:
     logged: dict[str, str]
 
 
-def _type_problem(param: Parameter, value: str) -> str | None:
+def type_problem(param: Parameter, value: str) -> str | None:
     if param.type == "float":
         try:
             float(value)
@@ -95,7 +95,7 @@ def resolve(entry_point: EntryPoint, given: dict[str, str], cwd: Path | None = N
         if name in given:
             value = given[name]
             source = f"-P {name}={value}"
-            if problem := _type_problem(param, value):
+            if problem := type_problem(param, value):
                 problems.append(f"{source}: {problem}")
                 continue
         elif param.required:
@@ -103,7 +103,7 @@ def resolve(entry_point: EntryPoint, given: dict[str, str], cwd: Path | None = N
         else:
             value = str(param.default)
             source = f"default {name}={value}"
-            if param.type == "uri" and (problem := _type_problem(param, value)):
+            if param.type == "uri" and (problem := type_problem(param, value)):
                 problems.append(f"{source}: {problem}")
                 continue
         logged[name] = value

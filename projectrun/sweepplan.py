@@ -599,19 +599,13 @@ def _split_escaped(text: str) -> list[str]:
 
 def parse_grid_flags(items: Iterable[str], flag: str = "--grid") -> dict[str, list[str]]:
     r"""``--grid alpha=0.1,0.2`` -> ``{"alpha": ["0.1", "0.2"]}``; write a literal comma as ``\,``."""
-    out: dict[str, list[str]] = {}
-    for item in items:
-        name, sep, rest = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise UsageError(f"invalid {flag} value '{item}': use {flag} name=v1,v2,...")
-        if name in out:
-            raise UsageError(f"{flag} {name} given twice; list all its values in one flag")
-        values = _split_escaped(rest)
+    from projectrun.params import parse_assignments
+
+    out = {name: _split_escaped(rest) for name, rest in parse_assignments(items, flag).items()}
+    for name, values in out.items():
         if any(v == "" for v in values):
-            raise UsageError(f"{flag} {item}: empty value; remove the stray comma "
+            raise UsageError(f"{flag} {name}: empty value; remove the stray comma "
                              f"(a literal comma is written \\,)")
-        out[name] = values
     return out
 
 
@@ -878,7 +872,7 @@ def _fingerprint(spec: SweepSpec) -> str:
 def check_against_entry_point(plan_or_spec: Plan | SweepSpec, entry_point: EntryPoint) -> None:
     """Catch what MLflow would not: a typo'd name (appended as ``--typo value``), a required
     parameter no trial sets, a value of the wrong declared type. Every problem in one error."""
-    from projectrun.params import _type_problem
+    from projectrun.params import type_problem
 
     plan = plan_or_spec if isinstance(plan_or_spec, Plan) else expand(plan_or_spec)
     names = list(dict.fromkeys(k for t in plan.trials for k in t.params))
@@ -897,7 +891,7 @@ def check_against_entry_point(plan_or_spec: Plan | SweepSpec, entry_point: Entry
         for name, value in trial.params.items():
             if name in declared and (name, value) not in seen:
                 seen.add((name, value))
-                if (message := _type_problem(declared[name], value)) is not None:
+                if (message := type_problem(declared[name], value)) is not None:
                     problems.append(f"{name}={value}: {message}")
     if problems:
         raise ParameterError("\n".join(problems))
