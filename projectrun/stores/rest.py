@@ -92,9 +92,10 @@ def _proxied(scheme: str, host: str) -> bool:
     env = {k.lower(): v for k, v in os.environ.items() if k.lower().endswith("_proxy") and v}
     if not (env.get(f"{scheme}_proxy") or env.get("all_proxy")):
         return False
-    for entry in (e.strip().lower() for e in env.get("no_proxy", "").split(",")):
-        entry = entry.split(":")[0].lstrip(".") if entry != "*" else entry
-        if entry and (entry == "*" or host == entry or host.endswith("." + entry)):
+    # urllib's proxy_bypass_environment, which requests consults; entries with a port or a
+    # CIDR range are left to MLflow's client.
+    for entry in (e.strip().lower().lstrip(".") for e in env.get("no_proxy", "").split(",")):
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
             return False
     return True
 
@@ -232,6 +233,7 @@ class RestStore:
                 raise Unsupported(f"{name} is set")
         if _env_bool("MLFLOW_TRACKING_AWS_SIGV4"):
             raise Unsupported("MLFLOW_TRACKING_AWS_SIGV4 is set")
+        _env_bool("MLFLOW_TRACKING_INSECURE_TLS")  # MLflow's client rejects a bad value for http too
         plugins = _header_plugins()
         if plugins:
             raise Unsupported(f"MLflow request header plugins installed: {', '.join(plugins)}")
@@ -254,6 +256,8 @@ class RestStore:
         conn = conns.get(netloc)
         if conn is None:
             if _proxied(self.scheme, urllib.parse.urlsplit(f"//{netloc}").hostname or ""):
+                if netloc == self.netloc:
+                    self._unsupported = f"a proxy from the environment applies to {netloc}"
                 raise Unsupported(f"a proxy from the environment applies to {netloc}")
             if self.scheme == "https":
                 conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=self._ssl)
@@ -273,14 +277,16 @@ class RestStore:
         where = f"{self.scheme}://{netloc}"
         while True:
             conn, reused = self._connection(netloc)
-            stream = body() if callable(body) else None
+            data = body() if callable(body) else body
             try:
-                conn.request(method, path, body=stream if stream is not None else body, headers=headers)
+                conn.request(method, path, body=data, headers=headers)
                 resp = conn.getresponse()
                 payload = resp.read()
             except ssl.SSLCertVerificationError as exc:
                 conn.close()
-                raise Unsupported(f"TLS verification of {where} failed: {exc.verify_message}") from None
+                # Deterministic: later calls go straight to MLflow's client, which reports it.
+                self._unsupported = f"TLS verification of {where} failed: {exc.verify_message}"
+                raise Unsupported(self._unsupported) from None
             except TimeoutError:
                 conn.close()
                 raise RestConnectionError(f"{where} did not answer within {TIMEOUT:.0f} s") from None
@@ -301,8 +307,8 @@ class RestStore:
                 time.sleep(delays.pop(0))
                 continue
             finally:
-                if stream is not None:
-                    stream.close()
+                if data is not None and not isinstance(data, bytes):
+                    data.close()
             if resp.status in RETRY_STATUS and delays:
                 delay = delays.pop(0)
                 try:
@@ -318,7 +324,8 @@ class RestStore:
         self._check()
         path = f"{self.prefix}{API}{endpoint}"
         if method == "GET":
-            status, reason, payload = self._send(method, self.netloc, f"{path}?{urllib.parse.urlencode(data)}", {})
+            query = urllib.parse.urlencode(data)
+            status, reason, payload = self._send(method, self.netloc, f"{path}?{query}", {})
         else:
             status, reason, payload = self._send(method, self.netloc, path,
                                                  {"Content-Type": "application/json"},
@@ -395,11 +402,12 @@ class RestStore:
 
     def log_batch(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
         """In batches of 100 params and 100 tags, paired as MlflowClient.log_batch pairs them."""
-        param_items = [{"key": k, "value": v} for k, v in params.items()]
-        tag_items = [{"key": k, "value": v} for k, v in tags.items()]
-        for param_chunk, tag_chunk in zip_longest(
-                [param_items[i:i + BATCH] for i in range(0, len(param_items), BATCH)],
-                [tag_items[i:i + BATCH] for i in range(0, len(tag_items), BATCH)], fillvalue=[]):
+        def chunks(items: dict[str, str]) -> list[list[dict[str, str]]]:
+            pairs = [{"key": k, "value": v} for k, v in items.items()]
+            return [pairs[i:i + BATCH] for i in range(0, len(pairs), BATCH)]
+
+        empty: list[dict[str, str]] = []
+        for param_chunk, tag_chunk in zip_longest(chunks(params), chunks(tags), fillvalue=empty):
             self._call("POST", "runs/log-batch",
                        {"run_id": run_id, "metrics": [], "params": param_chunk, "tags": tag_chunk})
 
@@ -435,7 +443,7 @@ class RestStore:
         status, reason, payload = self._send(
             "PUT", netloc, urllib.parse.quote(url_path, safe="/"),
             {"Content-Type": mime, "Content-Length": str(path.stat().st_size)},
-            lambda: open(path, "rb"))
+            lambda: open(path, "rb"))  # noqa: SIM115 - _send closes it after each attempt
         self._parse(status, reason, payload, url_path)
 
     def _resolve_artifacts(self, artifact_uri: str) -> tuple[str, str]:
