@@ -125,8 +125,7 @@ class Tracker:
                 elif self.uri.startswith(("http://", "https://")):
                     from projectrun.stores.rest import RestStore
 
-                    self._probe_server()
-                    self._fast = RestStore(self.uri)
+                    self._fast = RestStore(self.uri)  # its first call fails fast if the server is down
         return self._fast
 
     def _do(self, what: str, op: str, *args: Any) -> Any:
@@ -166,6 +165,12 @@ class Tracker:
             return fn(*args, **kwargs)
         except (TrackingError, UsageError, Unsupported, AlreadyExists):
             raise
+        except OSError as exc:
+            if self.uri.startswith(("http://", "https://")):
+                reason = re.sub(r"^cannot reach \S+ \((.*)\)$", r"\1", str(getattr(exc, "reason", None) or exc))
+                raise TrackingError(f"tracking server {self.uri} is not reachable ({reason}); start it "
+                                    f"or fix MLFLOW_TRACKING_URI") from None
+            raise TrackingError(f"tracking store {self.uri}: {what} failed: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - MlflowException, HTTP, sqlite and sqlalchemy errors
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrackingError(f"tracking store {self.uri}: {what} failed: {message}") from exc
