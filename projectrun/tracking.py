@@ -109,6 +109,8 @@ class Tracker:
                 with _sqlite_lock(self.uri):
                     store = self._call("opening the store", ClientStore, self.uri)
                     self._call("opening the store", store.client.search_experiments, max_results=1)
+                if self._fast is False:
+                    self._fast = None  # the database exists now: the next call may take the fast path
             else:
                 store = self._call("opening the store", ClientStore, self.uri)
             self._slow = store

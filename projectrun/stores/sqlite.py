@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sqlite3
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ class SqliteStore:
         if not os.path.isfile(path):
             return None  # MLflow creates and migrates new databases
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            # One connection shared by a sweep's worker threads; _Transaction serialises them.
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             if not _schema_ok(conn):
                 conn.close()
                 return None
@@ -88,21 +90,24 @@ class SqliteStore:
             return None
         return cls(path, conn, "workspace" in columns)
 
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        """One row, read under the same lock as the writes (the connection is shared)."""
+        with _THREADS:
+            return self.conn.execute(sql, args).fetchone()
+
     def _experiment_where(self) -> str:
         return " AND workspace = 'default'" if self.workspace else ""
 
     def get_experiment(self, experiment_id: str) -> Experiment | None:
         if not experiment_id.isdigit():
             return None
-        row = self.conn.execute(
-            "SELECT experiment_id, name, lifecycle_stage FROM experiments WHERE experiment_id = ?"
-            + self._experiment_where(), (int(experiment_id),)).fetchone()
+        row = self._one("SELECT experiment_id, name, lifecycle_stage FROM experiments "
+                        "WHERE experiment_id = ?" + self._experiment_where(), (int(experiment_id),))
         return Experiment(str(row[0]), row[1], row[2]) if row else None
 
     def get_experiment_by_name(self, name: str) -> Experiment | None:
-        row = self.conn.execute(
-            "SELECT experiment_id, name, lifecycle_stage FROM experiments WHERE name = ?"
-            + self._experiment_where(), (name,)).fetchone()
+        row = self._one("SELECT experiment_id, name, lifecycle_stage FROM experiments "
+                        "WHERE name = ?" + self._experiment_where(), (name,))
         return Experiment(str(row[0]), row[1], row[2]) if row else None
 
     def create_experiment(self, name: str) -> str:
@@ -113,8 +118,8 @@ class SqliteStore:
         import uuid
 
         _check_tags(tags)
-        row = self.conn.execute("SELECT artifact_location, lifecycle_stage FROM experiments "
-                                "WHERE experiment_id = ?", (int(experiment_id),)).fetchone()
+        row = self._one("SELECT artifact_location, lifecycle_stage FROM experiments "
+                        "WHERE experiment_id = ?", (int(experiment_id),))
         if row is None or row[1] != "active":
             raise Unsupported("let MLflow report the missing or deleted experiment")
         run_id = uuid.uuid4().hex
@@ -142,8 +147,7 @@ class SqliteStore:
         with self._write():
             self._active(run_id)
             for key, value in params.items():
-                old = self.conn.execute("SELECT value FROM params WHERE key = ? AND run_uuid = ?",
-                                        (key, run_id)).fetchone()
+                old = self._one("SELECT value FROM params WHERE key = ? AND run_uuid = ?", (key, run_id))
                 if old is not None and old[0] != value:
                     raise ValueError(f"INVALID_PARAMETER_VALUE: changing param values is not allowed; "
                                      f"param '{key}' was '{old[0]}', now '{value}'")
@@ -164,7 +168,7 @@ class SqliteStore:
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
         uri = self._artifact_uris.get(run_id)
         if uri is None:
-            row = self.conn.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            row = self._one("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
             if row is None:
                 raise Unsupported("unknown run")
             uri = row[0]
@@ -176,11 +180,11 @@ class SqliteStore:
         shutil.copyfile(path, target / path.name)
 
     def run_experiment(self, run_id: str) -> str | None:
-        row = self.conn.execute("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+        row = self._one("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,))
         return str(row[0]) if row else None
 
     def _active(self, run_id: str) -> None:
-        row = self.conn.execute("SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+        row = self._one("SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,))
         if row is None or row[0] != "active":
             raise Unsupported("let MLflow report the missing or deleted run")
 
@@ -188,17 +192,31 @@ class SqliteStore:
         return _Transaction(self.conn)
 
 
+_THREADS = threading.RLock()
+
+
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT: take sqlite's write lock up front (waits up to the timeout)."""
+    """BEGIN IMMEDIATE ... COMMIT: take sqlite's write lock up front (waits up to the timeout).
+
+    The connection is shared between threads, so a process-wide lock keeps one transaction at
+    a time on it; other processes are kept out by sqlite's own locking."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        _THREADS.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            _THREADS.release()
+            raise
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            _THREADS.release()
 
 
 def _check_tags(tags: dict[str, str]) -> None:
