@@ -45,11 +45,16 @@ UPGRADE_STAMP = "mlflow-bench-upgrade-tried.txt"
 #: what the projectrun wheel is built from (hatch: package, schemas, pyproject, README)
 SOURCE_PARTS = ("projectrun", "schemas", "pyproject.toml", "README.md")
 SWEEP_TRIALS = 24
+SERVER_WARM_REQUESTS = 24
+#: `mlflow server`'s default uvicorn workers: each does its lazy setup on its first run creation
+SERVER_WORKERS = 4
 ALL_CASES = (0, 1, 2, 3, 4, 5, 6)
 #: variables of the caller that would point either tool elsewhere
 DROP_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
             "MLFLOW_ENV_ROOT", "PROJECTRUN_HOME", "PROJECTRUN_INSTALLER", "PROJECTRUN_PYTHON_DOWNLOADS",
-            "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PYTHON", "UV_PROJECT_ENVIRONMENT")
+            "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PYTHON", "UV_PROJECT_ENVIRONMENT",
+            # users' interpreters cache bytecode; without it every launch compiles mlflow anew
+            "PYTHONDONTWRITEBYTECODE")
 #: env variables worth recording in the JSON next to each variant's argv
 RECORDED_ENV = ("MLFLOW_TRACKING_URI", "PROJECTRUN_HOME", "MLFLOW_ENV_ROOT", "PROJECTRUN_INSTALLER")
 
@@ -70,7 +75,7 @@ def first_error_line(text: str) -> str:
     """The most telling line of a failed tool's output, for the table."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for pattern in (r"error", r"exception", r"failed", r"not found"):
-        hits = [ln for ln in lines if re.search(pattern, ln, re.I)]
+        hits = [ln for ln in lines if re.search(pattern, ln, re.IGNORECASE)]
         if hits:
             return hits[-1][:300]
     return (lines[-1] if lines else "no output")[:300]
@@ -85,14 +90,15 @@ def venv_bin(venv: Path, name: str) -> Path:
 def dist_version(venv: Path, dist: str) -> str | None:
     """Installed version of ``dist`` in ``venv``, or None."""
     code = f"import importlib.metadata as m; print(m.version({dist!r}))"
-    r = subprocess.run([str(venv_bin(venv, "python")), "-c", code], capture_output=True, text=True)
+    r = subprocess.run([str(venv_bin(venv, "python")), "-c", code], capture_output=True, text=True,
+                       check=False)
     return r.stdout.strip() if r.returncode == 0 else None
 
 
 def pip(venv: Path, *args: str) -> None:
     cmd = [str(venv_bin(venv, "python")), "-m", "pip", "--disable-pip-version-check", *args]
     say(f"$ {shlex.join(cmd)}")
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     if r.returncode != 0:
         raise SetupError(f"{shlex.join(cmd)} failed:\n{tail(r.stdout)}")
 
@@ -102,10 +108,10 @@ def latest_on_index(venv: Path, dist: str) -> str | None:
     cmd = [str(venv_bin(venv, "python")), "-m", "pip", "--disable-pip-version-check", "index",
            "versions", dist]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     except subprocess.TimeoutExpired:
         return None
-    m = re.search(rf"^{re.escape(dist)} \(([^)]+)\)", r.stdout, re.M | re.I)
+    m = re.search(rf"^{re.escape(dist)} \(([^)]+)\)", r.stdout, re.MULTILINE | re.IGNORECASE)
     return m.group(1) if m else None
 
 
@@ -113,7 +119,7 @@ def create_venv(venv: Path, python: str) -> None:
     if venv_bin(venv, "python").exists():
         return
     say(f"creating {venv} with {python}")
-    r = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True)
+    r = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise SetupError(f"{python} -m venv {venv} failed: {tail(r.stderr)}")
 
@@ -178,15 +184,31 @@ def setup_projectrun(python: str) -> dict[str, Any]:
             "python": python_version(PR_VENV), "source_sha256": fingerprint[:16], **git_info()}
 
 
+def compile_bytecode(venv: Path) -> float:
+    """Byte-compile the venv's site-packages, as pip does at install time; returns the seconds.
+
+    A repo-wide ``__pycache__`` clean-up (or PYTHONDONTWRITEBYTECODE) would otherwise leave the
+    tools compiling every module on every launch, which users never see. Cheap when up to date."""
+    start = time.perf_counter()
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    python = str(venv_bin(venv, "python"))
+    site = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", site], env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - start
+
+
 def python_version(venv: Path) -> str:
-    r = subprocess.run([str(venv_bin(venv, "python")), "-c", "import platform; print(platform.python_version())"],
-                       capture_output=True, text=True)
+    code = "import platform; print(platform.python_version())"
+    r = subprocess.run([str(venv_bin(venv, "python")), "-c", code], capture_output=True, text=True,
+                       check=False)
     return r.stdout.strip()
 
 
 def git_info() -> dict[str, Any]:
     def git(*args: str) -> str:
-        r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
         return r.stdout.strip() if r.returncode == 0 else ""
 
     return {"git_sha": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
@@ -201,9 +223,9 @@ def machine_info() -> dict[str, Any]:
         pass
     mem = ""
     try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
-        mem = f"{kb / 1024 / 1024:.0f} GiB"
-    except (OSError, AttributeError):
+        found = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        mem = f"{int(found.group(1)) / 1024 / 1024:.0f} GiB" if found else ""
+    except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpu_model": cpu or platform.processor(), "memory": mem,
             "platform": platform.platform(), "python": platform.python_version(),
@@ -222,7 +244,8 @@ def find_pyenv_bin() -> str | None:
 def pyenv_versions(pyenv_bin: str | None) -> list[str]:
     if not pyenv_bin:
         return []
-    r = subprocess.run([str(Path(pyenv_bin) / "pyenv"), "versions", "--bare"], capture_output=True, text=True)
+    r = subprocess.run([str(Path(pyenv_bin) / "pyenv"), "versions", "--bare"], capture_output=True,
+                       text=True, check=False)
     return r.stdout.split() if r.returncode == 0 else []
 
 
@@ -249,6 +272,10 @@ class Variant:
     per_run: Callable[[int], Prep] | None = None
     #: run once, untimed, before the timed runs (db created, env built, mirror cloned)
     warm_up: bool = True
+    #: how many untimed warm-up runs (a server with several workers needs one per worker)
+    warm_ups: int = 1
+    #: time it at most this many times (an expensive reference), else every repetition
+    max_runs: int | None = None
     times: list[float] = field(default_factory=list)
     error: str | None = None
     log_dir: Path | None = None
@@ -367,7 +394,8 @@ class Context:
 
 # --------------------------------------------------------------------------- timing
 
-def run_timed(argv: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float) -> tuple[float, int, str]:
+def run_timed(argv: list[str], cwd: Path, env: dict[str, str], log: Path,
+              timeout: float) -> tuple[float, int, str]:
     """(wall seconds, exit code, output). Output goes to a file, not a pipe the tool could block on."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as fh:
@@ -387,17 +415,35 @@ def run_timed(argv: list[str], cwd: Path, env: dict[str, str], log: Path, timeou
 
 
 def stop_group(proc: subprocess.Popen[Any]) -> None:
-    """Stop a process we started in its own session, and everything it started."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
+    """Stop a process we started in its own session, and everything it started (mlflow server
+    leaves job consumers behind for seconds after its own exit)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not group_alive(proc.pid):
             return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def attempt(variant: Variant, rep: int, ctx: Context) -> float | None:
@@ -417,14 +463,15 @@ def measure(case: Case, ctx: Context) -> None:
     """Warm up each variant once, then time them, alternating within each repetition."""
     for v in case.variants:
         v.log_dir = ctx.case_dir(case.id, "logs")
-        if v.warm_up and v.error is None:
-            say(f"  warm-up {v.key}")
-            attempt(v, -1, ctx)
+        for _ in range(v.warm_ups if v.warm_up else 0):
+            if v.error is None:
+                say(f"  warm-up {v.key}")
+                attempt(v, -1, ctx)
     for rep in range(case.repeat):
         order = case.variants if rep % 2 == 0 else list(reversed(case.variants))
         line = []
         for v in order:
-            if v.error is not None:
+            if v.error is not None or (v.max_runs is not None and len(v.times) >= v.max_runs):
                 continue
             elapsed = attempt(v, rep, ctx)
             if elapsed is not None:
@@ -491,10 +538,19 @@ def start_service(argv: list[str], cwd: Path, env: dict[str, str], log: Path, re
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - 127.0.0.1 only
+        with urllib.request.urlopen(url, timeout=2) as r:  # 127.0.0.1 only
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+def warm_server(url: str) -> int:
+    """Concurrent store requests, so every server worker has done its lazy setup before timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    query = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(lambda _: http_ok(query), range(SERVER_WARM_REQUESTS)))
 
 
 def port_open(port: int) -> bool:
@@ -509,7 +565,8 @@ def port_open(port: int) -> bool:
 
 def case_startup(ctx: Context) -> Case:
     case = Case(0, "startup: --help and validate", "wall time of `projectrun --help` and "
-                "`projectrun validate DIR` (nothing recorded); `python -c pass` is the floor",
+                "`projectrun validate DIR` (nothing recorded); `python -c pass` is the floor, "
+                "`--dry-run` and `mlflow --help` are references",
                 "no caches involved", repeat=max(ctx.repeat, 10))
     proj = write_noop_project(ctx.case_dir(0, "noop"))
     cwd = ctx.case_dir(0, "cwd")
@@ -519,7 +576,10 @@ def case_startup(ctx: Context) -> Case:
                 [str(venv_bin(PR_VENV, "python")), "-c", "pass"], env, warm_up=False),
         Variant("pr-help", "projectrun --help", cwd, [ctx.projectrun, "--help"], env),
         Variant("pr-validate", "projectrun validate DIR", cwd, [ctx.projectrun, "validate", str(proj)], env),
-        Variant("mlflow-help", "mlflow --help (reference)", cwd, [ctx.mlflow, "--help"], ctx.mlflow_env()),
+        Variant("pr-dry-run", "projectrun DIR --dry-run (resolves, records nothing; reference)", cwd,
+                [ctx.projectrun, str(proj), "--env-manager", "local", "--dry-run"], env),
+        Variant("mlflow-help", "mlflow --help (reference)", cwd, [ctx.mlflow, "--help"], ctx.mlflow_env(),
+                max_runs=ctx.repeat),
     ]
     case.checks = [Check("projectrun --help", "pr-help", None, 0.5, "< 0.5 s"),
                    Check("projectrun validate DIR", "pr-validate", None, 0.5, "< 0.5 s")]
@@ -545,13 +605,14 @@ def case_launch_local(ctx: Context) -> Case:
 
 
 def import_profile(ctx: Context, case: Case) -> dict[str, Any]:
-    """One extra case-1 launch under ``python -X importtime``: where projectrun's time goes."""
+    """One extra launch under ``python -X importtime``: where projectrun's time goes."""
     pr = next(v for v in case.variants if v.key == "projectrun")
     if pr.error:
         return {}
     argv = [str(venv_bin(PR_VENV, "python")), "-X", "importtime", "-m", "projectrun", *pr.argv[1:]]
     start = time.perf_counter()
-    r = subprocess.run(argv, cwd=pr.cwd, env=pr.env, capture_output=True, text=True, timeout=ctx.timeout)
+    r = subprocess.run(argv, cwd=pr.cwd, env=pr.env, capture_output=True, text=True,
+                       timeout=ctx.timeout, check=False)
     wall = time.perf_counter() - start
     rows: list[tuple[int, int, int, str]] = []  # self us, cumulative us, depth, name
     for line in r.stderr.splitlines():
@@ -581,8 +642,9 @@ def case_launch_server(ctx: Context) -> Case:
     case = Case(2, "launch overhead, local env, tracking server", "one no-op launch recorded "
                 "through `mlflow server` (sqlite backend, proxied artifacts) on 127.0.0.1; "
                 "MLFLOW_TRACKING_URI=http://127.0.0.1:PORT for both tools",
-                "server already running with the experiment created by an untimed first launch "
-                "of each tool", repeat=ctx.repeat)
+                f"server already running, warmed by concurrent requests and {SERVER_WORKERS} untimed "
+                f"launches of each tool (one per default worker; the first creates the experiment)",
+                repeat=ctx.repeat)
     server_dir = ctx.case_dir(2, "server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -593,14 +655,20 @@ def case_launch_server(ctx: Context) -> Case:
     start = time.perf_counter()
     start_service(argv, server_dir, ctx.mlflow_env(), server_dir / "server.log",
                   lambda: http_ok(f"{url}/health"), ctx, "mlflow server")
-    case.notes.append(f"mlflow server ready after {time.perf_counter() - start:.1f} s")
+    ready = time.perf_counter() - start
+    answered = warm_server(url)
+    case.notes.append(f"mlflow server (default: 4 uvicorn workers + job consumers) ready after "
+                      f"{ready:.1f} s; {answered}/{SERVER_WARM_REQUESTS} concurrent warm-up requests "
+                      f"answered before timing (to warm the workers)")
     proj = write_noop_project(ctx.case_dir(2, "noop"))
     flags = ["--env-manager", "local", "--experiment-name", "bench"]
     case.variants = [
         Variant("projectrun", "projectrun DIR", ctx.case_dir(2, "cwd-projectrun"),
-                [ctx.projectrun, str(proj), *flags], ctx.pr_env(MLFLOW_TRACKING_URI=url)),
+                [ctx.projectrun, str(proj), *flags], ctx.pr_env(MLFLOW_TRACKING_URI=url),
+                warm_ups=SERVER_WORKERS),
         Variant("mlflow", "mlflow run DIR", ctx.case_dir(2, "cwd-mlflow"),
-                [ctx.mlflow, "run", str(proj), *flags], ctx.mlflow_env(MLFLOW_TRACKING_URI=url)),
+                [ctx.mlflow, "run", str(proj), *flags], ctx.mlflow_env(MLFLOW_TRACKING_URI=url),
+                warm_ups=SERVER_WORKERS),
     ]
     case.checks = [Check("projectrun / mlflow", "projectrun", "mlflow", 1 / 10, "<= 1/10")]
     return case
@@ -620,12 +688,14 @@ def case_warm_python_env(ctx: Context) -> Case:
                 repeat=ctx.repeat)
     python_env_notes(ctx, case)
     proj = write_python_env_project(ctx.case_dir(3, "six"), ctx.python_version)
-    home, envs_venv, envs_uv = (ctx.case_dir(3, d) for d in ("pr-home", "mlflow-envs-virtualenv", "mlflow-envs-uv"))
+    home, envs_venv, envs_uv = (ctx.case_dir(3, d)
+                                for d in ("pr-home", "mlflow-envs-virtualenv", "mlflow-envs-uv"))
     case.variants = [
         Variant("projectrun", "projectrun DIR (virtualenv manager)", ctx.case_dir(3, "cwd-projectrun"),
                 [ctx.projectrun, str(proj), "--env-manager", "virtualenv", "--experiment-name", "bench"],
                 ctx.pr_env(PROJECTRUN_HOME=str(home))),
-        Variant("mlflow-virtualenv", "mlflow run DIR --env-manager virtualenv", ctx.case_dir(3, "cwd-mlflow-venv"),
+        Variant("mlflow-virtualenv", "mlflow run DIR --env-manager virtualenv",
+                ctx.case_dir(3, "cwd-mlflow-venv"),
                 [ctx.mlflow, "run", str(proj), "--env-manager", "virtualenv", "--experiment-name", "bench"],
                 ctx.mlflow_env(MLFLOW_ENV_ROOT=str(envs_venv))),
         Variant("mlflow-uv", "mlflow run DIR --env-manager uv", ctx.case_dir(3, "cwd-mlflow-uv"),
@@ -686,7 +756,7 @@ def sweep_available(ctx: Context) -> tuple[bool, str]:
     """``projectrun sweep --help`` must show the sweep command's own usage: an unknown first word
     is taken as a project URI, so a missing command still exits 0 with `run`'s help."""
     r = subprocess.run([ctx.projectrun, "sweep", "--help"], capture_output=True, text=True,
-                       env=ctx.pr_env(), timeout=120)
+                       env=ctx.pr_env(), timeout=120, check=False)
     usage = next((ln for ln in r.stdout.splitlines() if ln.startswith("Usage:")), "")
     if r.returncode == 0 and usage.split()[1:3] == ["projectrun", "sweep"]:
         return True, usage
@@ -698,7 +768,8 @@ def case_sweep(ctx: Context) -> Case:
                 f"({SWEEP_TRIALS} trials of a no-op entry point with param i, env_manager local) vs a "
                 f"shell loop of {SWEEP_TRIALS} `mlflow run DIR -P i=$i --env-manager local`",
                 "warm sqlite db (one untimed launch per tool); each repetition uses a new sweep file "
-                "with a new name, so nothing is resumed", repeat=ctx.sweep_repeat)
+                "with a new name, so nothing is resumed; the mlflow loop (60-90 s) runs only in the "
+                "first --sweep-repeat repetitions", repeat=ctx.repeat)
     proj = write_noop_project(ctx.case_dir(5, "noop"), params=True)
     pr_cwd, ml_cwd = ctx.case_dir(5, "cwd-projectrun"), ctx.case_dir(5, "cwd-mlflow")
     loop = (f'for i in $(seq 0 {SWEEP_TRIALS - 1}); do "$0" run "$1" -P i=$i --env-manager local '
@@ -717,7 +788,8 @@ def case_sweep(ctx: Context) -> Case:
                 [ctx.projectrun, "sweep", "sweep.yaml", "-j", "2"], ctx.pr_env(), per_run=sweep_file,
                 warm_up=False),
         Variant("mlflow-loop", f"shell loop of {SWEEP_TRIALS} mlflow run", ml_cwd,
-                ["bash", "-c", loop, ctx.mlflow, str(proj)], ctx.mlflow_env(), warm_up=False),
+                ["bash", "-c", loop, ctx.mlflow, str(proj)], ctx.mlflow_env(), warm_up=False,
+                max_runs=ctx.sweep_repeat),
     ]
     case.checks = [Check("projectrun sweep / mlflow loop", "projectrun", "mlflow-loop", 1 / 20, "<= 1/20")]
     # warm the dbs (schema + experiment) with a single launch each, untimed
@@ -725,14 +797,15 @@ def case_sweep(ctx: Context) -> Case:
                              "--experiment-name", "bench-sweep"], pr_cwd, ctx.pr_env()),
                            ([ctx.mlflow, "run", str(proj), "-P", "i=0", "--env-manager", "local",
                              "--experiment-name", "bench-sweep"], ml_cwd, ctx.mlflow_env())):
-        run_timed(argv, cwd, env, ctx.case_dir(5, "logs") / f"db-warmup-{Path(argv[0]).name}.log", ctx.timeout)
+        log = ctx.case_dir(5, "logs") / f"db-warmup-{Path(argv[0]).name}.log"
+        run_timed(argv, cwd, env, log, ctx.timeout)
     available, usage = sweep_available(ctx)
     if not available:
         case.status = "skipped"
         case.reason = "skipped (not implemented): `projectrun sweep --help` shows " + (usage or "no usage")
         case.variants = [v for v in case.variants if v.key != "projectrun"]
         case.repeat = 1
-        case.notes.append(f"mlflow loop timed once as the baseline; the target is 1/20 of it")
+        case.notes.append("mlflow loop timed once as the baseline; the target is 1/20 of it")
     return case
 
 
@@ -799,8 +872,13 @@ def fmt_s(value: float | None) -> str:
 def fmt_check(c: dict[str, Any]) -> tuple[str, str]:
     if c["value"] is None:
         return "-", "-"
-    value = f"{c['value']:.2f} s" if c["unit"] == "s" else f"{c['value']:.3f} (1/{1 / c['value']:.1f})" \
-        if c["value"] > 0 else "0"
+    v = c["value"]
+    if c["unit"] == "s":
+        value = f"{v:.2f} s"
+    elif v >= 1 or v == 0:
+        value = f"{v:.2f}x"
+    else:
+        value = f"{v:.3f} (1/{1 / v:.1f})"
     met = {True: "yes", False: "NO", None: ""}[c["met"]]
     return value, met
 
@@ -826,15 +904,16 @@ def tables(results: list[dict[str, Any]]) -> str:
             continue
         for c in case["checks"]:
             value, met = fmt_check(c)
-            out.append(f"| {case['id']} | {case['title']} | {c['label']} | {value} | {c['target_text']} | {met} |")
+            out.append(f"| {case['id']} | {case['title']} | {c['label']} | {value} | "
+                       f"{c['target_text']} | {met} |")
     return "\n".join(out)
 
 
-def profile_text(profile: dict[str, Any]) -> str:
+def profile_text(case_id: int, profile: dict[str, Any]) -> str:
     if not profile:
         return ""
-    lines = [f"projectrun case-1 launch under -X importtime: wall {profile['wall_s']:.2f} s, "
-             f"imports {profile['imports_s']:.2f} s; top-level imports by package (s):"]
+    lines = [(f"projectrun case-{case_id} launch under -X importtime: wall {profile['wall_s']:.2f} s, "
+              f"imports {profile['imports_s']:.2f} s; top-level imports by package (s):")]
     lines.append("  " + ", ".join(f"{k} {v:.2f}" for k, v in profile["top_level_by_package_s"].items()))
     lines.append("  heaviest modules (cumulative s): " + ", ".join(
         f"{m['module']} {m['cumulative_s']:.2f}" for m in profile["heaviest_modules_cumulative_s"][:12]))
@@ -859,8 +938,9 @@ def bench_root(keep: bool) -> Iterator[Path]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--repeat", type=int, help="timed runs per variant (default 5, 3 with --quick)")
-    p.add_argument("--quick", action="store_true", help="repeat 3 and one sweep repetition")
-    p.add_argument("--sweep-repeat", type=int, help="repetitions of case 5 (default 2, 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="repeat 3")
+    p.add_argument("--sweep-repeat", type=int, default=1, help="timed runs of case 5's mlflow loop "
+                   "(default 1; 60-90 s each); projectrun's sweep runs --repeat times")
     p.add_argument("--cases", default=",".join(map(str, ALL_CASES)),
                    help="comma-separated case numbers (0 = startup); default all")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
@@ -872,7 +952,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp work dir (logs, dbs, envs)")
     args = p.parse_args(argv)
     args.repeat = args.repeat or (3 if args.quick else 5)
-    args.sweep_repeat = args.sweep_repeat or (1 if args.quick else 2)
     try:
         args.cases = sorted({int(c) for c in args.cases.split(",") if c.strip()})
     except ValueError:
@@ -891,6 +970,8 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         say(f"setup failed: {exc}")
         return 1
+    for venv in (MLFLOW_VENV, PR_VENV):
+        say(f"byte-compiling {venv.name} ({compile_bytecode(venv):.1f} s)")
     pyenv_bin = find_pyenv_bin()
     py_version = tools["projectrun"]["python"]
     doc: dict[str, Any] = {
@@ -913,10 +994,11 @@ def main(argv: list[str] | None = None) -> int:
         for case_id in args.cases:
             say(f"case {case_id}: {BUILDERS[case_id].__name__}")
             case_start = time.perf_counter()
+            load_before = os.getloadavg()[0]
             try:
                 case = BUILDERS[case_id](ctx)
                 measure(case, ctx)
-                if case_id == 1:
+                if case_id in (1, 2):
                     case.extra["import_profile"] = import_profile(ctx, case)
             except (SetupError, subprocess.SubprocessError, OSError) as exc:
                 case = Case(case_id, BUILDERS[case_id].__name__, "", "", status="error", reason=str(exc))
@@ -926,10 +1008,14 @@ def main(argv: list[str] | None = None) -> int:
                     ctx.cleanups.pop()()
             result = case.result()
             result["seconds"] = round(time.perf_counter() - case_start, 1)
+            result["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            if max(result["loadavg_1m"]) > 1.5 * (os.cpu_count() or 1):
+                result["notes"].append(f"machine busy: 1-min load average {result['loadavg_1m'][0]} "
+                                       f"-> {result['loadavg_1m'][1]} on {os.cpu_count()} cpus "
+                                       f"(the benchmark itself counts for about 1)")
             doc["cases"].append(result)
     doc["total_seconds"] = round(time.perf_counter() - started, 1)
     table = tables(doc["cases"])
-    profile = next((c.get("import_profile") for c in doc["cases"] if c.get("import_profile")), {})
     m, t = doc["machine"], doc["tools"]
     header = (f"{doc['date']}: {m['nproc']} cpus, {m['cpu_model']}, python {m['python']}; "
               f"mlflow {t['mlflow']['version']}, projectrun {t['projectrun']['version']} "
@@ -941,9 +1027,10 @@ def main(argv: list[str] | None = None) -> int:
     for case in doc["cases"]:
         for note in case.get("notes", []):
             print(f"note (case {case['id']}): {note}")
-    if profile:
-        print()
-        print(profile_text(profile))
+    for case in doc["cases"]:
+        if case.get("import_profile"):
+            print()
+            print(profile_text(case["id"], case["import_profile"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     say(f"wrote {args.json}")

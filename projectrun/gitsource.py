@@ -22,7 +22,6 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +91,7 @@ def is_git_url(uri: str) -> bool:
     scheme = urllib.parse.urlparse(base).scheme.lower()
     if scheme == "file":
         parsed = urllib.parse.urlparse(base)
-        path = Path(urllib.request.url2pathname(parsed.netloc + parsed.path))
+        path = Path(urllib.parse.unquote(parsed.netloc + parsed.path))
         return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
     if scheme in ("http", "https") and base.lower().endswith(".zip"):
         return False  # MLflow downloads and unzips these

@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +67,10 @@ def local_path(value: str) -> str | None:
     """The local file a ``path`` value names, or None for remote URIs (s3://, runs:/, http://...)."""
     parsed = urllib.parse.urlparse(value)
     if not parsed.scheme or len(parsed.scheme) == 1:  # len 1: a Windows drive letter
-        # MLflow reads even a plain path through url2pathname, so 'a%20b' names 'a b'.
-        return urllib.request.url2pathname(value)
+        # MLflow reads even a plain path through url2pathname (unquote on POSIX): 'a%20b' is 'a b'.
+        return urllib.parse.unquote(value)
     if parsed.scheme == "file" and not parsed.netloc:
-        return urllib.request.url2pathname(parsed.path)
+        return urllib.parse.unquote(parsed.path)
     return None
 
 

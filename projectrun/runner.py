@@ -105,6 +105,8 @@ class RunResult:
     timed_out: bool = False
     #: what went wrong after the run was created (env build, download, tracking)
     error: ProjectRunError | None = None
+    #: the entry point printed nothing (so no log artifact was stored)
+    silent: bool = False
 
 
 def plan(request: LaunchRequest, report: Reporter = _stderr,
@@ -216,8 +218,9 @@ def failure_message(result: RunResult, entry_point: str) -> str:
         why = "timed out and was stopped"
     else:
         why = f"exited with code {result.returncode}"
-    return (f"run {result.run_id} failed: entry point '{entry_point}' {why}; its output is in the "
-            f"run's artifacts at {tracking.LOG_ARTIFACT_DIR}/{tracking.LOG_FILE_NAME}")
+    where = "it printed nothing" if result.silent else (
+        f"its output is in the run's artifacts at {tracking.LOG_ARTIFACT_DIR}/{tracking.LOG_FILE_NAME}")
+    return f"run {result.run_id} failed: entry point '{entry_point}' {why}; {where}"
 
 
 def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tracker | None = None,
@@ -246,12 +249,14 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
     log_path = log_path or log_dir / tracking.LOG_FILE_NAME
     outcome = launch_mod.Outcome(1)
     error: ProjectRunError | None = None
+    pending_params: dict[str, str] = {}
     with _signals_raise():
         try:
             if request.run_id:
                 run_id = request.run_id  # MLflow logs neither params nor tags on a reused run
             else:
-                run_id = tracker.create_run(experiment_id, tags, the_plan.params.logged, request.run_name)
+                run_id = tracker.create_run(experiment_id, tags, {}, request.run_name)
+                pending_params = the_plan.params.logged  # logged with the env tags: one call less
             if request.echo:
                 report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
@@ -261,7 +266,8 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 extra_tags[tracking.TAG_ENV] = prepared.tag
             if prepared.key:
                 extra_tags[tracking.TAG_ENV_KEY] = prepared.key
-            tracker.set_tags(run_id, extra_tags)
+            tracker.log_batch(run_id, pending_params, extra_tags)
+            pending_params = {}
             storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
             values = _download_remote_paths(the_plan, storage / "params")
             command = the_plan.command
@@ -285,14 +291,21 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if not run_id:
                 raise
             error = exc
+            if pending_params:  # the env failed before the params were logged
+                try:
+                    tracker.log_params(run_id, pending_params)
+                except ProjectRunError:
+                    pass
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"projectrun: error: {exc}\n")
         finally:
             uploaded = bool(run_id) and _finish(tracker, run_id, status, log_path, report, request.echo)
             if not keep_log and (uploaded or not run_id):
                 shutil.rmtree(log_dir, ignore_errors=True)
+    silent = not log_path.exists() or log_path.stat().st_size == 0
     return RunResult(run_id, experiment_id, status, outcome.returncode,
-                     log_path if log_path.exists() else None, outcome.signal, outcome.timed_out, error)
+                     log_path if log_path.exists() else None, outcome.signal, outcome.timed_out, error,
+                     silent)
 
 
 def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, report: Reporter,
@@ -306,7 +319,7 @@ def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path,
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         uploaded = True
-        if log_path.exists():
+        if log_path.exists() and log_path.stat().st_size:  # no output, nothing worth keeping
             try:
                 tracker.log_artifact(run_id, log_path, tracking.LOG_ARTIFACT_DIR)
             except ProjectRunError as exc:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +57,7 @@ def local_path(uri: str) -> Path | None:
     """The directory a local URI names (a path or file:///path), or None when it is not local."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "file":
-        path = Path(urllib.request.url2pathname(parsed.netloc + parsed.path))
+        path = Path(urllib.parse.unquote(parsed.netloc + parsed.path))
     elif parsed.scheme and len(parsed.scheme) > 1:
         return None
     else:
@@ -103,6 +102,8 @@ def resolve(uri: str, version: str | None = None, *, offline: bool = False,
 
     base, sub = split_fragment(uri)
     path = local_path(base)
+    if path is not None and version is None and not base.startswith("file:") and path.is_dir():
+        return resolve_local(uri)  # the everyday case, decided without loading the git layer
     is_git = gitsource.is_git_url(base)
     if path is not None and path.is_dir():
         top = gitinfo.toplevel(path.resolve())  # None for plain directories and bare repositories

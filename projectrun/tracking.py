@@ -232,6 +232,9 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         self._do("logging params", "log_batch", run_id, params, {})
 
+    def log_batch(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        self._do("logging params and tags", "log_batch", run_id, params, tags)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self._do("setting tags", "log_batch", run_id, {}, tags)
 

@@ -191,15 +191,41 @@ def _describe(error: Any) -> str:
     return f"{label}: {error.message}"
 
 
+def _valid_marker(data: Any, schema_name: str) -> Path | None:
+    """Where "this document passed this schema" is remembered: importing jsonschema and checking
+    cost more than the rest of a cached launch, and the same MLproject is launched again and again."""
+    import hashlib
+
+    try:
+        from projectrun import cache
+
+        schema = (_schema_dir() / schema_name).read_bytes()
+        body = json.dumps(data, sort_keys=True, default=str).encode()
+        digest = hashlib.sha256(schema + b"\0" + body).hexdigest()[:32]
+        return cache.root() / "validated" / digest
+    except (OSError, TypeError, ValueError):
+        return None
+
+
 def schema_problems(doc: YamlDoc, schema_name: str) -> list[str]:
     """Every schema violation as ``file:line: message``, in file order."""
+    data = _jsonable(doc.data)
+    marker = _valid_marker(data, schema_name)
+    if marker is not None and marker.exists():
+        return []
     import jsonschema
 
     validator_cls = jsonschema.validators.validator_for(load_schema(schema_name))
     validator = validator_cls(load_schema(schema_name))
     found = []
-    for top in validator.iter_errors(_jsonable(doc.data)):
+    for top in validator.iter_errors(data):
         for error in _focus(top):
             path = tuple(error.absolute_path)
             found.append((doc.line(path), f"{doc.where(path)}: {_describe(error)}"))
+    if not found and marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # a read-only cache only costs speed
     return [msg for _, msg in sorted(found)]
