@@ -250,6 +250,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
     outcome = launch_mod.Outcome(1)
     error: ProjectRunError | None = None
     pending_params: dict[str, str] = {}
+    logging_done: Callable[[], None] | None = None
     with _signals_raise():
         try:
             if request.run_id:
@@ -266,7 +267,9 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 extra_tags[tracking.TAG_ENV] = prepared.tag
             if prepared.key:
                 extra_tags[tracking.TAG_ENV_KEY] = prepared.key
-            tracker.log_batch(run_id, pending_params, extra_tags)
+            # Logged while the entry point starts: the run already exists, so the child can use it,
+            # and the round trip to a tracking server is off the critical path.
+            logging_done = _in_background(tracker.log_batch, run_id, pending_params, extra_tags)
             pending_params = {}
             storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
             values = _download_remote_paths(the_plan, storage / "params")
@@ -279,6 +282,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 report(f"running: {prepared.wrap(command)}")
             outcome = launch_mod.run_shell(prepared.wrap(command), the_plan.source.directory, env,
                                            log_path, echo=request.echo, cancel=cancel, timeout=timeout)
+            logging_done()
             if outcome.signal is not None:
                 status = tracking.KILLED
             else:
@@ -291,6 +295,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if not run_id:
                 raise
             error = exc
+            status = tracking.FAILED  # an incomplete record is not a finished run
             if pending_params:  # the env failed before the params were logged
                 try:
                     tracker.log_params(run_id, pending_params)
@@ -299,6 +304,11 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"projectrun: error: {exc}\n")
         finally:
+            if logging_done is not None:  # interrupted before it was awaited: still wait for it
+                try:
+                    logging_done()
+                except BaseException:  # noqa: BLE001 - already reported, or superseded by the interrupt
+                    pass
             uploaded = bool(run_id) and _finish(tracker, run_id, status, log_path, report, request.echo)
             if not keep_log and (uploaded or not run_id):
                 shutil.rmtree(log_dir, ignore_errors=True)
@@ -306,6 +316,27 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
     return RunResult(run_id, experiment_id, status, outcome.returncode,
                      log_path if log_path.exists() else None, outcome.signal, outcome.timed_out, error,
                      silent)
+
+
+def _in_background(fn: Callable[..., object], *args: object) -> Callable[[], None]:
+    """Start ``fn(*args)`` in a thread; the returned function waits and re-raises its error."""
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return wait
 
 
 def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, report: Reporter,

@@ -98,12 +98,12 @@ def resolve(uri: str, version: str | None = None, *, offline: bool = False,
     A local git repository with ``-v`` is checked out into its own work tree too: MLflow checks
     the version out in the user's working copy instead, changing their files.
     """
-    from projectrun import gitsource
-
     base, sub = split_fragment(uri)
     path = local_path(base)
     if path is not None and version is None and not base.startswith("file:") and path.is_dir():
         return resolve_local(uri)  # the everyday case, decided without loading the git layer
+    from projectrun import gitsource
+
     is_git = gitsource.is_git_url(base)
     if path is not None and path.is_dir():
         top = gitinfo.toplevel(path.resolve())  # None for plain directories and bare repositories

@@ -74,11 +74,14 @@ def default_manager(project: Project) -> str:
 
 
 def get_kind(manager: str) -> EnvKind:
-    from projectrun.envs import local, python
+    """The kind for a manager; each module is imported only when its kind is used."""
+    if manager == "local":
+        from projectrun.envs import local
 
-    kinds: dict[str, EnvKind] = {"local": local,
-                                 "virtualenv": python.VIRTUALENV, "uv": python.UV}
-    if manager not in kinds:
-        raise UsageError(f"--env-manager {manager}: not supported yet by projectrun; "
-                         f"use --env-manager local to run in the current Python environment")
-    return kinds[manager]
+        return local  # type: ignore[return-value]
+    if manager in ("virtualenv", "uv"):
+        from projectrun.envs import python
+
+        return python.VIRTUALENV if manager == "virtualenv" else python.UV
+    raise UsageError(f"--env-manager {manager}: not supported yet by projectrun; "
+                     f"use --env-manager local to run in the current Python environment")
