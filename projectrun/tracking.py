@@ -249,9 +249,3 @@ class Tracker:
         import time
 
         self._do(f"marking the run {status}", "update_run", run_id, status, int(time.time() * 1000))
-
-    def run_url(self, experiment_id: str, run_id: str) -> str | None:
-        """A link for humans when the store is a server; local stores have none."""
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-        return None
