@@ -70,7 +70,7 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
     ``cancel`` lets a scheduler in another thread stop the run as a signal would (worker threads
     cannot install signal handlers); ``timeout`` stops it after that many seconds.
     """
-    received: list[int] = []
+    received: list[int] = []  # signal numbers, in the order they arrived
     timed_out = False
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
             deadline: float | None = None
             while proc.poll() is None:
                 if cancel is not None and cancel.is_set() and not received:
-                    received.append(signal.SIGTERM)
+                    received.append(int(signal.SIGTERM))
                     _killpg(pgid, signal.SIGTERM)
                 if timeout is not None and not timed_out and time.monotonic() - started > timeout:
                     timed_out = True
@@ -126,6 +126,6 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
             for t in pumps:
                 t.join(timeout=5)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     return Outcome(proc.returncode, received[0] if received else None, timed_out and not received)

@@ -198,7 +198,7 @@ def _command_problems(doc: YamlDoc, path: tuple[str, ...], name: str, command: A
         return [f"{doc.where(path)}: entry point '{name}' has no 'command'; add one"]
     where = doc.where(path + ("command",))
     if not isinstance(command, str):
-        kind = {dict: "a mapping", list: "a list"}.get(type(command), type(command).__name__)
+        kind = {"dict": "a mapping", "list": "a list"}.get(type(command).__name__, type(command).__name__)
         return [f"{where}: entry point '{name}': command must be a string, got {kind}; "
                 f"quote it or use a block scalar (command: |)"]
     try:

@@ -355,7 +355,7 @@ def _finish_parent(tracker: tracking.Tracker, parent_id: str, plan: sweepplan.Pl
         tracker.log_artifact(parent_id, Path(tmp) / "leaderboard.csv", "sweep")
     tags = {"projectrun.sweep.finished": str(sum(r.status in (tracking.FINISHED, "SKIPPED") for r in results)),
             "projectrun.sweep.failed": str(sum(r.status == tracking.FAILED for r in results))}
-    if best is not None and best.run_id and plan.objective:
+    if best is not None and best.run_id and plan.objective and best.objective is not None:
         tags[TAG_BEST_RUN] = best.run_id
         tracker.client.log_metric(parent_id, f"best_{plan.objective.metric}", best.objective)
     tracker.set_tags(parent_id, tags)

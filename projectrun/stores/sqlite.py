@@ -57,7 +57,7 @@ def _schema_ok(conn: sqlite3.Connection) -> bool:
         if not written <= names:
             return False
         for _cid, name, _type, notnull, default, pk in rows:
-            if name not in written and notnull and default is None and not pk and name != "workspace":
+            if name not in written and notnull and default is None and not pk:
                 return False
     return True
 
