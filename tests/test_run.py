@@ -203,3 +203,14 @@ def test_run_id_continues_an_existing_run(cli: CliRunner, workdir: Path) -> None
     run = client.get_run(existing)
     assert run.info.status == "FINISHED" and run.data.metrics["value"] == 9.0
     assert len(client.search_runs([exp])) == 1
+
+
+def test_readme_quick_start_builds_the_demo_env(cli: CliRunner, workdir: Path) -> None:
+    """The quick start exactly as written: the python_env (pyscipopt, mlflow-skinny) is built."""
+    (workdir / "fixtures").symlink_to(FIXTURES)
+    res = cli("fixtures/scip", "-P", "l1_ratio=0.003", "--experiment-name", "scip", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = only_run(sqlite_uri(workdir), "scip")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.env"] == "virtualenv"
+    assert run.data.metrics["n_bins"] == 3 and run.data.params["l1_ratio"] == "0.003"
