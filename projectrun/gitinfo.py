@@ -34,27 +34,23 @@ def strip_credentials(url: str) -> str:
     return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I)
 
 
-def info(path: Path) -> dict[str, str]:
-    """mlflow.source.git.commit and .repoURL as MLflow writes them, plus .dirty (MLflow never does)."""
-    if toplevel(path) is None:
-        return {}
-    tags: dict[str, str] = {}
-    head = _git(["rev-parse", "--verify", "-q", "HEAD"], path)
-    ignored = _git(["check-ignore", "-q", str(path)], path) is not None
-    if head and not ignored:
-        tags[TAG_GIT_COMMIT] = head
-        status = _git(["status", "--porcelain", "--untracked-files=no"], path)
-        tags[TAG_GIT_DIRTY] = "true" if status else "false"
-    remotes = _git(["config", "--get-regexp", r"^remote\..*\.url$"], path)
-    if remotes:  # MLflow takes the first remote in config order, not necessarily origin
-        tags[TAG_GIT_REPO_URL] = strip_credentials(remotes.splitlines()[0].split(" ", 1)[1])
-    return tags
-
-
-def source_name(directory: Path) -> str:
-    """``file://<work tree>#<subdir>`` inside a git repo, else the absolute path, as MLflow writes it."""
+def describe(directory: Path) -> tuple[str, dict[str, str]]:
+    """What the run records about a local project, as MLflow writes it: mlflow.source.name
+    (``file://<work tree>#<subdir>`` inside git, else the absolute path) and the git tags
+    (commit and repoURL, plus the dirty flag MLflow never writes)."""
     top = toplevel(directory)
     if top is None:
-        return str(directory)
-    rel = directory.resolve().relative_to(top.resolve()).as_posix() if directory.resolve() != top.resolve() else ""
-    return f"file://{top}" + (f"#{rel}" if rel else "")
+        return str(directory), {}
+    rel = "" if directory.resolve() == top.resolve() else directory.resolve().relative_to(top.resolve()).as_posix()
+    name = f"file://{top}" + (f"#{rel}" if rel else "")
+    tags: dict[str, str] = {}
+    head = _git(["rev-parse", "--verify", "-q", "HEAD"], directory)
+    ignored = _git(["check-ignore", "-q", str(directory)], directory) is not None
+    if head and not ignored:
+        tags[TAG_GIT_COMMIT] = head
+        status = _git(["status", "--porcelain", "--untracked-files=no"], directory)
+        tags[TAG_GIT_DIRTY] = "true" if status else "false"
+    remotes = _git(["config", "--get-regexp", r"^remote\..*\.url$"], directory)
+    if remotes:  # MLflow takes the first remote in config order, not necessarily origin
+        tags[TAG_GIT_REPO_URL] = strip_credentials(remotes.splitlines()[0].split(" ", 1)[1])
+    return name, tags

@@ -18,9 +18,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from projectrun import envs, errors, params, sources, spec, tracking
+from projectrun import envs, params, sources, spec, tracking
 from projectrun import launch as launch_mod
-from projectrun.errors import EnvBuildError, ProjectRunError, RunFailed, RunInterrupted
+from projectrun.errors import EnvBuildError, ProjectRunError, RunFailed, RunInterrupted, SourceError
 
 Reporter = Callable[[str], None]
 
@@ -127,7 +127,7 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
             _, sub = sources.split_fragment(request.uri)
             at = f" at version {request.version}" if request.version else ""
             where = f"in subdirectory '{sub}'" if sub else "at the repository root"
-            raise errors.SourceError(f"{request.uri}{at}: no MLproject file {where}; "
+            raise SourceError(f"{request.uri}{at}: no MLproject file {where}; "
                                      f"check the URL's #subdirectory")
         entry_point = project.entry_point(request.entry_point)
         resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory)
@@ -309,10 +309,12 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                     logging_done()
                 except BaseException:  # noqa: BLE001 - already reported, or superseded by the interrupt
                     pass
-            uploaded = bool(run_id) and _finish(tracker, run_id, status, log_path, report, request.echo)
+            # decided before the temp log dir is removed below
+            silent = not log_path.exists() or log_path.stat().st_size == 0
+            uploaded = bool(run_id) and _finish(tracker, run_id, status, log_path, silent, report,
+                                                request.echo)
             if not keep_log and (uploaded or not run_id):
                 shutil.rmtree(log_dir, ignore_errors=True)
-    silent = not log_path.exists() or log_path.stat().st_size == 0
     return RunResult(run_id, experiment_id, status, outcome.returncode,
                      log_path if log_path.exists() else None, outcome.signal, outcome.timed_out, error,
                      silent)
@@ -339,8 +341,8 @@ def _in_background(fn: Callable[..., object], *args: object) -> Callable[[], Non
     return wait
 
 
-def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, report: Reporter,
-            announce: bool = True) -> bool:
+def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, silent: bool,
+            report: Reporter, announce: bool = True) -> bool:
     """Upload the log and end the run; survive a second Ctrl-C so the run never stays RUNNING.
 
     Returns whether the log reached the store (if not, the local copy must be kept)."""
@@ -350,7 +352,7 @@ def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path,
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         uploaded = True
-        if log_path.exists() and log_path.stat().st_size:  # no output, nothing worth keeping
+        if not silent:  # no output, nothing worth keeping
             try:
                 tracker.log_artifact(run_id, log_path, tracking.LOG_ARTIFACT_DIR)
             except ProjectRunError as exc:

@@ -73,8 +73,8 @@ def resolve_local(uri: str) -> Source:
     if not path.is_dir():
         raise SourceError(f"{uri}: not a directory; give the folder that holds the MLproject file")
     directory = _subdirectory(path.resolve(), sub, uri)
-    return Source(directory=directory, name=gitinfo.source_name(directory),
-                  git_tags=gitinfo.info(directory))
+    name, tags = gitinfo.describe(directory)
+    return Source(directory=directory, name=name, git_tags=tags)
 
 
 def resolve_git(uri: str, version: str | None, *, offline: bool, report: Report) -> Source:

@@ -243,7 +243,7 @@ def _environment(doc: YamlDoc, directory: Path,
         env = tuple(e if isinstance(e, str) else (str(e[0]), str(e[1]))
                     for e in docker.get("environment") or ())
         return DOCKER_ENV, None, DockerEnv(str(image), tuple(docker.get("volumes") or ()), env)
-    for key, label in ((PYTHON_ENV, "python_env"), (CONDA_ENV, "conda environment")):
+    for key in (PYTHON_ENV, CONDA_ENV):
         if value := data.get(key):
             env_file = directory / value
             if not env_file.exists():

@@ -100,6 +100,7 @@ def test_failed_run_is_failed_and_keeps_its_output(cli: CliRunner, workdir: Path
     assert run.info.status == "FAILED"
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("projectrun: error: run ") and run.info.run_id in last and "code 7" in last
+    assert last.endswith("its output is in the run's artifacts at projectrun/output.log")
     assert "Traceback" not in res.stderr
     log = client_for(sqlite_uri(workdir)).download_artifacts(run.info.run_id, "projectrun/output.log", str(workdir))
     assert "about to fail" in Path(log).read_text()
