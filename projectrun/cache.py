@@ -279,7 +279,7 @@ def _entry(path: Path, sizes: bool) -> Entry:
     meta = read_meta(path)
     return Entry(kind=kind, key=key, path=path, complete=is_complete(path),
                  project=meta.get("project"), created=meta.get("created"),
-                 last_used=_mtime(path / LAST_USED), size=_size(path) if sizes else None, meta=meta)
+                 last_used=_mtime(path / LAST_USED), size=tree_size(path) if sizes else None, meta=meta)
 
 
 def _mtime(path: Path) -> float | None:
@@ -289,7 +289,8 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _size(path: Path) -> int:
+def tree_size(path: Path) -> int:
+    """Bytes under ``path`` (hard links counted at every name: what deleting one entry frees at most)."""
     total = 0
     for dirpath, dirnames, filenames in os.walk(path):
         for name in filenames + dirnames:
@@ -298,6 +299,18 @@ def _size(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def size_text(n: int | None) -> str:
+    """``512 B``, ``48.1 MB``: sizes as every projectrun message writes them."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
 
 
 def find_entry(ref: str) -> Entry:

@@ -9,10 +9,9 @@ from typing import Any
 import click
 
 from projectrun import __version__
+from projectrun.envs import MANAGERS as ENV_MANAGERS
 from projectrun.errors import EXIT_USAGE, ProjectRunError, SpecError
 from projectrun.errors import RunFailed as RunFailedError
-
-ENV_MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
 
 
 class DefaultRunGroup(click.Group):
@@ -137,7 +136,7 @@ def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[s
             for k, v in doc["params"].items():
                 click.echo(f"param:       {k}={v}")
         return
-    runner.launch(request)
+    runner.launch(request, _report, _progress())
 
 
 @cli.command("validate")
@@ -154,6 +153,10 @@ def validate_cmd(uri: str, version: str | None, as_json: bool) -> None:
         project = spec.load_project(source.directory)
         if project.env_type == spec.PYTHON_ENV:
             pythonspec.spec_for(project)  # python_env.yaml and its -r files: errors with lines
+        elif project.env_type == spec.CONDA_ENV and project.env_file:
+            from projectrun.envs import condaspec
+
+            condaspec.load_conda_env(project.env_file)  # conda.yaml, its specs and pip files
     except SpecError as exc:
         if as_json:
             click.echo(json.dumps({"valid": False, "errors": exc.problems, "warnings": []}, indent=2))
@@ -222,7 +225,7 @@ def _sweep(spec: Any, *, dry_run: bool, as_json: bool, as_csv: bool, jobs: int |
     options = sweep.SweepOptions(jobs=jobs, resume=resume, allow_changed=allow_changed,
                                  experiment_name=experiment_name, experiment_id=experiment_id,
                                  env_manager=env_manager, offline=offline, sweep_file=sweep_file,
-                                 verbose=verbose)
+                                 verbose=verbose, progress=_progress())
     try:
         result = sweep.run_sweep(spec, options, _report)
     except sweep.SweepInterrupted as exc:
@@ -316,14 +319,9 @@ def _age(seconds: float | None) -> str:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    from projectrun.cache import size_text
+
+    return size_text(n)
 
 
 def _older_than(text: str) -> float:
@@ -409,10 +407,36 @@ def envs_build(uri: str, version: str | None, env_manager: str | None, verbose: 
     try:
         project = spec.load_project(source.directory)
         manager = envs.select_manager(project, env_manager)
-        prepared = envs.get_kind(manager).prepare(project, verbose=verbose, report=_report)
+        ctx = envs.Context(report=_report, verbose=verbose, progress=_progress())
+        prepared = envs.get_kind(manager).prepare(project, ctx)
     finally:
         source.close()
     click.echo(f"{manager} env {prepared.key or '(none needed)'} ready", err=True)
+
+
+@cli.command("lock")
+@click.argument("uri", default=".")
+@click.option("--platform", "platforms", multiple=True, metavar="PLATFORM",
+              help="conda platform to lock for (linux-64, osx-arm64, ...); repeat. Default: this machine's.")
+@click.option("--offline", is_flag=True, help="Solve from the cached channel metadata only.")
+def lock_cmd(uri: str, platforms: tuple[str, ...], offline: bool) -> None:
+    """Write conda-lock.yml next to the project's conda.yaml; later runs install exactly it."""
+    from projectrun import envs, sources, spec
+    from projectrun.envs import condalock
+    from projectrun.errors import UsageError
+
+    source = sources.resolve(uri, None, report=_report)
+    try:
+        project = spec.load_project(source.directory)
+        if project.env_type != spec.CONDA_ENV or project.env_file is None:
+            raise UsageError(f"projectrun lock: {project.file or source.directory} has no conda_env "
+                             f"(only conda environments are locked)")
+        ctx = envs.Context(report=_report, offline=offline)
+        path, counts = condalock.write_lock(project.env_file, platforms, ctx)
+    finally:
+        source.close()
+    what = ", ".join(f"{n} packages for {p}" for p, n in counts.items())
+    click.echo(f"projectrun: wrote {path} ({what})", err=True)
 
 
 @cli.group("sources")
@@ -466,8 +490,32 @@ def _report(message: str) -> None:
     click.echo(f"projectrun: {message}", err=True)
 
 
+def _progress() -> Any:
+    """Build progress on stderr: a bar on a terminal, plain lines through _report otherwise."""
+    from projectrun.progress import for_stream
+
+    return for_stream(sys.stderr, _report)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run the CLI, turn every error into one line and an exit code."""
+    """Entry point: the exit code of ``_main``, guarded against rattler's crash at exit."""
+    code = _main(argv)
+    if "rattler" in sys.modules and argv is None:
+        # A process that used rattler's gateway can die in interpreter finalisation (exit 134 or
+        # 139 after the work was done, a few % of runs): collect its objects, flush, and leave
+        # without finalising.
+        import gc
+        import os
+
+        gc.collect()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI, turn every error into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:

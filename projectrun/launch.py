@@ -12,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
+
+from projectrun.envs import Invocation
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_SECONDS = float(os.environ.get("PROJECTRUN_KILL_GRACE", "10"))
@@ -62,24 +63,35 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
-              echo: bool = True, cancel: threading.Event | None = None,
-              timeout: float | None = None) -> Outcome:
-    """Run ``bash -c command`` (MLflow defines entry points as shell commands) and wait for it.
+def run(invocation: Invocation, log_path: Path, echo: bool = True,
+        cancel: threading.Event | None = None, timeout: float | None = None) -> Outcome:
+    """Run what the environment made of the entry point and wait for it.
 
     ``cancel`` lets a scheduler in another thread stop the run as a signal would (worker threads
-    cannot install signal handlers); ``timeout`` stops it after that many seconds.
+    cannot install signal handlers); ``timeout`` stops it after that many seconds. Signals go to
+    the child's process group, or to ``invocation.stop`` when the environment has its own way
+    (a container); ``invocation.cleanup`` runs once the child is gone.
     """
+    try:
+        return _run(invocation, log_path, echo, cancel, timeout)
+    finally:
+        if invocation.cleanup is not None:
+            invocation.cleanup()
+
+
+def _run(invocation: Invocation, log_path: Path, echo: bool,
+         cancel: threading.Event | None, timeout: float | None) -> Outcome:
     received: list[int] = []  # signal numbers, in the order they arrived
     timed_out = False
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            ["bash", "-c", command], cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+            invocation.argv, cwd=invocation.cwd, env=invocation.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
         pgid = proc.pid
+        deliver = invocation.stop or (lambda sig: _killpg(pgid, sig))
         lock = threading.Lock()
         out = sys.stdout.buffer if echo else None
         err = sys.stderr.buffer if echo else None
@@ -91,7 +103,7 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
         def forward(signum: int, _frame: FrameType | None) -> None:
             # A second signal means "now": skip the grace period.
             received.append(signum)
-            _killpg(pgid, signal.SIGKILL if len(received) > 1 else signum)
+            deliver(signal.SIGKILL if len(received) > 1 else signum)
 
         previous: dict[int, Any] = {}
         in_main = threading.current_thread() is threading.main_thread()
@@ -103,15 +115,15 @@ def run_shell(command: str, cwd: Path, env: Mapping[str, str], log_path: Path,
             while proc.poll() is None:
                 if cancel is not None and cancel.is_set() and not received:
                     received.append(int(signal.SIGTERM))
-                    _killpg(pgid, signal.SIGTERM)
+                    deliver(signal.SIGTERM)
                 if timeout is not None and not timed_out and time.monotonic() - started > timeout:
                     timed_out = True
-                    _killpg(pgid, signal.SIGTERM)
+                    deliver(signal.SIGTERM)
                     deadline = time.monotonic() + GRACE_SECONDS
                 if received and deadline is None:
                     deadline = time.monotonic() + GRACE_SECONDS
                 if deadline is not None and time.monotonic() > deadline:
-                    _killpg(pgid, signal.SIGKILL)
+                    deliver(signal.SIGKILL)
                 try:
                     proc.wait(timeout=0.2)
                 except subprocess.TimeoutExpired:

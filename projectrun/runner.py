@@ -11,18 +11,22 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from projectrun import envs, params, sources, spec, tracking
 from projectrun import launch as launch_mod
 from projectrun.errors import EnvBuildError, ProjectRunError, RunFailed, RunInterrupted, SourceError
 
+if TYPE_CHECKING:
+    from projectrun.progress import Progress
+
 Reporter = Callable[[str], None]
+ProgressFactory = Callable[[str], "Progress"]
 
 
 def _stderr(message: str) -> None:
@@ -167,10 +171,28 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _child_env(run_id: str, experiment_id: str, tracking_uri: str,
-               extra: Mapping[str, str]) -> dict[str, str]:
+def env_context(the_plan: Plan, report: Reporter, progress: ProgressFactory | None = None,
+                log: Reporter | None = None) -> envs.Context:
+    """What the environment kinds are told about this launch."""
+    request = the_plan.request
+    return envs.Context(report=report, verbose=request.verbose, offline=request.offline,
+                        docker_args=request.docker_args, build_image=request.build_image,
+                        tracking_uri=the_plan.tracking_uri, progress=progress,
+                        **({"log": log} if log else {}))
+
+
+def _log_writer(log_path: Path) -> Reporter:
+    """Build output goes into the run's log (the output.log artifact) as well."""
+    def write(line: str) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8", errors="replace") as fh:
+            fh.write(line + "\n")
+
+    return write
+
+
+def _child_env(run_id: str, experiment_id: str, tracking_uri: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(extra)
     env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri,
                 "MLFLOW_EXPERIMENT_ID": experiment_id})
     env.pop("MLFLOW_EXPERIMENT_NAME", None)  # the run's experiment is the one that counts
@@ -195,11 +217,12 @@ def _download_remote_paths(the_plan: Plan, storage: Path) -> dict[str, str]:
     return out
 
 
-def launch(request: LaunchRequest, report: Reporter = _stderr) -> RunResult:
+def launch(request: LaunchRequest, report: Reporter = _stderr,
+           progress: ProgressFactory | None = None) -> RunResult:
     """Plan, record and run one launch; raise RunFailed / RunInterrupted after recording the end."""
     the_plan = plan(request, report)
     try:
-        result = execute(the_plan, report)
+        result = execute(the_plan, report, progress=progress)
     finally:
         the_plan.source.close()
     if result.error is not None:
@@ -225,7 +248,8 @@ def failure_message(result: RunResult, entry_point: str) -> str:
 
 def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tracker | None = None,
             experiment_id: str | None = None, cancel: threading.Event | None = None,
-            timeout: float | None = None, log_path: Path | None = None) -> RunResult:
+            timeout: float | None = None, log_path: Path | None = None,
+            progress: ProgressFactory | None = None) -> RunResult:
     """Record the run, build the env, run the command, and end the run whatever happens.
 
     Run failures come back as the result's status; errors before the run exists are raised.
@@ -261,7 +285,8 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if request.echo:
                 report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
-            prepared = kind.prepare(the_plan.project, verbose=request.verbose, report=report)
+            prepared = kind.prepare(the_plan.project, env_context(the_plan, report, progress,
+                                                                  _log_writer(log_path)))
             extra_tags = {tracking.TAG_COMMAND: the_plan.command[:5000]}
             if prepared.tag:
                 extra_tags[tracking.TAG_ENV] = prepared.tag
@@ -277,11 +302,12 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if values != the_plan.params.values:
                 command = params.render_command(
                     the_plan.entry_point, params.ResolvedParams(values, the_plan.params.extras, {}))
-            env = _child_env(run_id, experiment_id, the_plan.tracking_uri, prepared.env)
+            env = _child_env(run_id, experiment_id, the_plan.tracking_uri)
+            invocation = prepared.invocation(command, env, the_plan.source.directory)
             if request.verbose:
-                report(f"running: {prepared.wrap(command)}")
-            outcome = launch_mod.run_shell(prepared.wrap(command), the_plan.source.directory, env,
-                                           log_path, echo=request.echo, cancel=cancel, timeout=timeout)
+                report(f"running: {invocation.display()}")
+            outcome = launch_mod.run(invocation, log_path, echo=request.echo, cancel=cancel,
+                                     timeout=timeout)
             logging_done()
             if outcome.signal is not None:
                 status = tracking.KILLED

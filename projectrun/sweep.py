@@ -22,10 +22,13 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from projectrun import envs, runner, sources, spec, sweepplan, tracking
 from projectrun.errors import ProjectRunError, RunInterrupted, UsageError
+
+if TYPE_CHECKING:
+    from projectrun.progress import Progress
 
 Reporter = Callable[[str], None]
 PLAN_ARTIFACT = "sweep/plan.json"
@@ -79,6 +82,8 @@ class SweepOptions:
     offline: bool = False
     sweep_file: str | None = None  # recorded on the parent so --resume can find it
     verbose: bool = False
+    #: how the one env build before the trials shows its progress (the CLI passes a bar)
+    progress: Callable[[str], Progress] | None = None
 
 
 class _Stop:
@@ -122,7 +127,8 @@ def _run(plan: sweepplan.Plan, source: sources.Source, options: SweepOptions,
     _check(plan, project)
     manager = envs.select_manager(project, options.env_manager or plan.env_manager)
     # Build the environment once, before any trial: N workers then only find it in the cache.
-    envs.get_kind(manager).prepare(project, verbose=options.verbose, report=report)
+    envs.get_kind(manager).prepare(project, envs.Context(
+        report=report, verbose=options.verbose, offline=options.offline, progress=options.progress))
     if not options.resume:
         parent_id = _create_parent(tracker, experiment_id, plan, source, options)
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from projectrun import cache
-from projectrun.envs import get_kind, interpreters
+from projectrun.envs import Context, get_kind, interpreters
 from projectrun.envs import python as pyenv
 from projectrun.envs.pythonspec import from_conda_yaml, load_python_env, spec_for
 from projectrun.errors import EnvBuildError, SpecError
@@ -54,10 +54,11 @@ class Prepare:
     def __init__(self, manager: str = "virtualenv") -> None:
         self.manager = manager
         self.messages: list[str] = []
+        self.log: list[str] = []  # installer output, for the run's log
 
     def __call__(self, project_dir: Path, verbose: bool = False):  # type: ignore[no-untyped-def]
-        return get_kind(self.manager).prepare(load_project(project_dir), verbose=verbose,
-                                              report=self.messages.append)
+        ctx = Context(report=self.messages.append, verbose=verbose, log=self.log.append)
+        return get_kind(self.manager).prepare(load_project(project_dir), ctx)
 
     @property
     def builds(self) -> int:
@@ -66,8 +67,8 @@ class Prepare:
 
 def in_env(prepared, code: str, cwd: Path) -> str:  # type: ignore[no-untyped-def]
     """Run python code through the prepared prefix, the way the launcher runs an entry point."""
-    command = prepared.wrap(f"python -c {json.dumps(code)}")
-    return subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True,
+    run = prepared.invocation(f"python -c {json.dumps(code)}", dict(os.environ), cwd)
+    return subprocess.run(run.argv, cwd=run.cwd, env=run.env, capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
@@ -164,7 +165,9 @@ def test_build_then_cache_hit_and_activation(tmp_path: Path, home: Path) -> None
     env_dir = home / "envs" / f"virtualenv-{first.key}"
     marker_mtime = (env_dir / cache.MARKER).stat().st_mtime_ns
     assert (first.manager, first.tag) == ("virtualenv", "virtualenv")
-    assert first.prefix == f"source {env_dir}/bin/activate && "
+    run = first.invocation("true", {"PATH": "/usr/bin", "PYTHONHOME": "/x"}, proj)
+    assert run.env == {"PATH": f"{env_dir}/bin:/usr/bin", "VIRTUAL_ENV": str(env_dir)}
+    assert prepare.log and not any("Installed" in m for m in prepare.messages)  # uv's lines: log only
     assert prepare.builds == 1
     assert "(python 3." in prepare.messages[0] and "2 requirements" in prepare.messages[0]
 
@@ -289,10 +292,10 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 CHILD = """
 import json, sys
 from projectrun import cache
-from projectrun.envs import get_kind
+from projectrun.envs import Context, get_kind
 from projectrun.spec import load_project
 messages = []
-prepared = get_kind("virtualenv").prepare(load_project(sys.argv[1]), verbose=False, report=messages.append)
+prepared = get_kind("virtualenv").prepare(load_project(sys.argv[1]), Context(report=messages.append))
 meta = cache.read_meta(cache.entry_path("virtualenv", prepared.key))
 print(json.dumps({"key": prepared.key, "build_id": meta["build_id"], "messages": messages}))
 """

@@ -1,56 +1,128 @@
-"""The environment protocol shared by every kind, and the registry of kinds.
+"""The environment protocol shared by every kind, and the one table of kinds.
 
-A kind is a module with the members of ``EnvKind`` (compare pre-commit's ``lang_base.Language``):
-it turns a project's environment section into a cache key, builds itself into a directory, says
-whether a built directory is still healthy, and wraps a command to run inside itself.
+A kind (compare pre-commit's ``lang_base.Language`` and tox's ``executor()``) turns a project's
+environment section into a cache key, builds itself once, and returns an ``Environment`` that owns
+how a command runs inside it: it turns the entry point's shell command, the child's variables and
+the working directory into an ``Invocation`` (argv, env, cwd, and how to stop it). A venv or a
+conda prefix runs a local process group; a docker container runs through a client process and is
+stopped with ``docker stop``; a Ray worker builds the same invocation on its own node.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from projectrun.errors import UsageError
-from projectrun.spec import DOCKER_ENV, PYTHON_ENV, Project
 
-MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
-#: Where a kind sends progress lines ("building python env ...", "waiting for ..."); the runner's
+if TYPE_CHECKING:
+    from projectrun.progress import Progress
+    from projectrun.spec import Project
+
+#: Where a kind sends progress lines ("building python env ...", "waiting for ..."); the CLI's
 #: reporter prefixes them with "projectrun: " on stderr.
 Reporter = Callable[[str], None]
 
+#: manager name -> "module:attribute" of its kind; the CLI's --env-manager choices come from here.
+#: Modules are imported only when their kind is used (rattler and docker are slow to import).
+KINDS: dict[str, str] = {
+    "local": "projectrun.envs.local:KIND",
+    "virtualenv": "projectrun.envs.python:VIRTUALENV",
+    "uv": "projectrun.envs.python:UV",
+    "conda": "projectrun.envs.conda:KIND",
+    "docker": "projectrun.envs.docker:KIND",
+}
+MANAGERS = tuple(KINDS)
+
+
+def _quiet(_message: str) -> None:
+    pass
+
 
 @dataclass(frozen=True)
-class Prepared:
-    """An environment ready to run a command."""
+class Context:
+    """What a launch tells a kind besides the project: where to talk, and what the user asked."""
+
+    report: Reporter = _quiet
+    verbose: bool = False
+    #: no network: use caches only (git mirrors, package caches, channels' cached repodata)
+    offline: bool = False
+    docker_args: Mapping[str, str | bool] = field(default_factory=dict)
+    build_image: bool = False
+    tracking_uri: str | None = None
+    #: build output (installer lines) for the run's log; shown on stderr only with --verbose
+    log: Reporter = _quiet
+    #: makes a progress display for a build step (a bar on a TTY, a few lines otherwise)
+    progress: Callable[[str], Progress] | None = None
+
+    def build_output(self, line: str) -> None:
+        """An installer's output line: always to the run's log, to the terminal with --verbose."""
+        self.log(line)
+        if self.verbose:
+            self.report(line)
+
+    def step(self, description: str) -> Progress:
+        from projectrun.progress import NullProgress
+
+        return self.progress(description) if self.progress else NullProgress()
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A command ready to execute: what runs, with which variables, where, and how to stop it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    #: called with the signal to deliver instead of signalling the local process group (docker)
+    stop: Callable[[int], None] | None = None
+    #: called once the process has ended, whatever happened (e.g. remove a container)
+    cleanup: Callable[[], None] | None = None
+
+    def display(self) -> str:
+        import shlex
+
+        return shlex.join(self.argv)
+
+
+class Environment(Protocol):
+    """A prepared environment; ``tag`` is mlflow.project.env as MLflow writes it (None: local)."""
 
     manager: str
-    #: value of the mlflow.project.env tag, as MLflow writes it (None for local: MLflow writes none)
-    tag: str | None = None
-    #: cache key of the built environment, recorded on the run as projectrun.env.key
-    key: str | None = None
-    #: shell text put before the entry point command (e.g. activating a venv)
-    prefix: str = ""
-    #: environment variables set for the child
-    env: dict[str, str] = field(default_factory=dict)
+    tag: str | None
+    key: str | None
 
-    def wrap(self, command: str) -> str:
-        return f"{self.prefix}{command}"
+    def invocation(self, command: str, env: Mapping[str, str], cwd: Path) -> Invocation: ...
 
 
 class EnvKind(Protocol):
     NAME: str
 
-    def prepare(self, project: Project, *, verbose: bool, report: Reporter | None = None) -> Prepared: ...
+    def prepare(self, project: Project, ctx: Context) -> Environment: ...
+
+
+def shell(command: str, env: Mapping[str, str], cwd: Path, prelude: str = "") -> Invocation:
+    """``bash -c`` of the entry point's command: MLflow defines entry points as shell commands."""
+    return Invocation(["bash", "-c", f"{prelude}{command}"], dict(env), cwd)
+
+
+def prepend_path(env: Mapping[str, str], directory: Path) -> str:
+    current = env.get("PATH", "")
+    return f"{directory}:{current}" if current else str(directory)
 
 
 def select_manager(project: Project, requested: str | None) -> str:
     """MLflow's choice when --env-manager is absent, and its refusals when it is present."""
+    from projectrun.spec import CONDA_ENV, DOCKER_ENV, PYTHON_ENV
+
     if requested is not None and requested not in MANAGERS:
         raise UsageError(f"--env-manager {requested}: must be one of {', '.join(MANAGERS)}")
     if project.env_type == DOCKER_ENV:
         return "docker"  # MLflow: docker_env always wins over --env-manager
     if requested is None:
-        return default_manager(project)
+        return {PYTHON_ENV: "virtualenv", CONDA_ENV: "conda"}.get(project.env_type or "", "local")
     if requested == "docker":
         raise UsageError(f"--env-manager docker: {project.file or project.directory} has no docker_env")
     if requested == "conda" and project.env_type in (PYTHON_ENV, None):
@@ -59,29 +131,18 @@ def select_manager(project: Project, requested: str | None) -> str:
     return requested
 
 
-def default_manager(project: Project) -> str:
-    """As ``mlflow run`` picks, except where MLflow's choice cannot work here.
-
-    * python_env -> virtualenv, as MLflow.
-    * no env file -> local. MLflow builds a bare venv without even mlflow in it, so an entry point
-      that logs anything fails; ``--env-manager virtualenv`` still gives MLflow's behaviour.
-    * conda_env -> local until conda environments are built (``--env-manager virtualenv`` converts
-      conda.yaml the way MLflow does).
-    """
-    if project.env_type == PYTHON_ENV:
-        return "virtualenv"
-    return "local"
-
-
 def get_kind(manager: str) -> EnvKind:
-    """The kind for a manager; each module is imported only when its kind is used."""
-    if manager == "local":
-        from projectrun.envs import local
-
-        return local  # type: ignore[return-value]
-    if manager in ("virtualenv", "uv"):
-        from projectrun.envs import python
-
-        return python.VIRTUALENV if manager == "virtualenv" else python.UV
-    raise UsageError(f"--env-manager {manager}: not supported yet by projectrun; "
-                     f"use --env-manager local to run in the current Python environment")
+    """The kind for a manager, importing its module now (and only now)."""
+    target = KINDS.get(manager)
+    if target is None:
+        raise UsageError(f"--env-manager {manager}: must be one of {', '.join(MANAGERS)}")
+    module_name, attribute = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise UsageError(f"--env-manager {manager}: not supported yet by projectrun; "
+                         f"use --env-manager local to run in the current Python environment") from None
+    kind: EnvKind = getattr(module, attribute)
+    return kind

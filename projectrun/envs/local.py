@@ -1,11 +1,29 @@
-"""The current environment, unchanged: nothing to build, nothing to wrap."""
+"""The current environment, unchanged: nothing to build; the command runs in a plain shell."""
 from __future__ import annotations
 
-from projectrun.envs import Prepared, Reporter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from projectrun.envs import Context, Invocation, shell
 from projectrun.spec import Project
 
-NAME = "local"
+
+@dataclass(frozen=True)
+class LocalEnvironment:
+    manager: str = "local"
+    tag: str | None = None  # MLflow writes no mlflow.project.env tag for local
+    key: str | None = None
+
+    def invocation(self, command: str, env: Mapping[str, str], cwd: Path) -> Invocation:
+        return shell(command, env, cwd)
 
 
-def prepare(project: Project, *, verbose: bool, report: Reporter | None = None) -> Prepared:
-    return Prepared(manager=NAME)
+class LocalKind:
+    NAME = "local"
+
+    def prepare(self, project: Project, ctx: Context) -> LocalEnvironment:
+        return LocalEnvironment()
+
+
+KIND = LocalKind()

@@ -18,14 +18,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from projectrun import cache
-from projectrun.envs import Prepared, Reporter, interpreters
+from projectrun.envs import Context, Invocation, interpreters, prepend_path, shell
 from projectrun.envs.pythonspec import PythonEnvSpec, spec_for
 from projectrun.errors import EnvBuildError, UsageError
 from projectrun.spec import Project
@@ -34,8 +35,20 @@ INSTALLER_ENV_VAR = "PROJECTRUN_INSTALLER"
 INSTALLERS = ("uv", "pip")
 
 
-def _stderr(message: str) -> None:
-    print(f"projectrun: {message}", file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class VenvEnvironment:
+    """A built venv: commands run with it activated (VIRTUAL_ENV set, its bin first on PATH)."""
+
+    manager: str
+    tag: str | None
+    key: str | None
+    path: Path
+
+    def invocation(self, command: str, env: Mapping[str, str], cwd: Path) -> Invocation:
+        child = {k: v for k, v in env.items() if k != "PYTHONHOME"}
+        child["VIRTUAL_ENV"] = str(self.path)
+        child["PATH"] = prepend_path(env, self.path / "bin")
+        return shell(command, child, cwd)
 
 
 @dataclass
@@ -44,29 +57,26 @@ class PythonKind:
 
     NAME: str
 
-    def prepare(self, project: Project, *, verbose: bool, report: Reporter | None = None) -> Prepared:
-        """Find or build the venv for ``project`` and return how to run a command inside it."""
-        report = report or _stderr
+    def prepare(self, project: Project, ctx: Context) -> VenvEnvironment:
+        """Find or build the venv for ``project``."""
         spec = spec_for(project)
         uv, installer = choose_installer()
-        interp = interpreters.find(spec.python, uv, report=report,
+        interp = interpreters.find(spec.python, uv, report=ctx.report,
                                    asked_in=str(spec.source) if spec.source else "")
         inputs = key_inputs(spec, interp, self.NAME)
         key = cache.make_key(inputs)
 
         def build(path: Path) -> None:
             for warning in spec.warnings:
-                report(f"warning: {warning}")
-            build_venv(path, spec, interp, self.NAME, project.directory, uv, report, key,
-                       verbose=verbose)
+                ctx.report(f"warning: {warning}")
+            build_venv(path, spec, interp, self.NAME, project.directory, uv, ctx, key)
 
         built = cache.get_or_build(
             self.NAME, key, build, inputs={**inputs, "interpreter": interp.path, "installer": installer},
-            project=str(project.directory), health=health_check, report=report)
-        if verbose and not built.built:
-            report(f"using cached python env {key} at {built.path}")
-        activate = shlex.quote(str(built.path / "bin" / "activate"))
-        return Prepared(manager=self.NAME, tag=self.NAME, key=key, prefix=f"source {activate} && ")
+            project=str(project.directory), health=health_check, report=ctx.report)
+        if ctx.verbose and not built.built:
+            ctx.report(f"using cached python env {key} at {built.path}")
+        return VenvEnvironment(self.NAME, self.NAME, key, built.path)
 
 
 VIRTUALENV = PythonKind("virtualenv")
@@ -123,27 +133,42 @@ def health_check(path: Path) -> str | None:
 
 
 def build_venv(path: Path, spec: PythonEnvSpec, interp: interpreters.Interpreter, manager: str,
-               project_dir: Path, uv: str | None, report: Reporter, key: str, *,
-               verbose: bool = False) -> None:
+               project_dir: Path, uv: str | None, ctx: Context, key: str) -> None:
     """Create the venv at ``path``, then install build dependencies, then dependencies."""
     count = len(spec.build_dependencies) + len(spec.dependencies)
-    report(f"building python env {key} (python {interp.version}, {count} requirement"
-           f"{'' if count == 1 else 's'}) with {'uv' if uv else 'pip'} in {path}")
+    ctx.report(f"building python env {key} (python {interp.version}, {count} requirement"
+               f"{'' if count == 1 else 's'}) with {'uv' if uv else 'pip'} in {path}")
+    started = time.monotonic()
     python = str(path / "bin" / "python")
     if uv:
         seed = ["--seed"] if manager == "virtualenv" else []
-        _run([uv, "venv", "--quiet", *seed, "--python", interp.path, str(path)], path.parent,
-             "creating the venv", report if verbose else None)
+        create = [uv, "venv", "--quiet", *seed, "--python", interp.path, str(path)]
         install = [uv, "pip", "install", "--python", python]
     else:
-        _run(_venv_command(interp.path, path), path.parent, "creating the venv",
-             report if verbose else None)
+        create = _venv_command(interp.path, path)
         install = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    steps = [("creating the venv", create, path.parent)]
     for label, lines in (("build dependencies", spec.build_dependencies),
                          ("dependencies", spec.dependencies)):
         if lines:
-            _run([*install, *install_args(lines)], project_dir, f"installing {label}",
-                 report if verbose else None)
+            steps.append((f"installing {label}", [*install, *install_args(lines)], project_dir))
+    progress = ctx.step(f"python env {key}")
+    try:
+        progress.update(total=len(steps))
+        for what, command, cwd in steps:
+            progress.update(description=what)
+            run_step(command, cwd, what, ctx)
+            progress.advance()
+    finally:
+        progress.close()
+    ctx.report(f"built python env {key}: {summary(path, time.monotonic() - started)}")
+
+
+def summary(path: Path, seconds: float) -> str:
+    """``12 packages, 48.1 MB, 3.2 s``: what the one-line build summary says of a venv."""
+    packages = sum(1 for _ in path.glob("lib/python*/site-packages/*.dist-info"))
+    return f"{packages} package{'' if packages == 1 else 's'}, {cache.size_text(cache.tree_size(path))}, " \
+           f"{seconds:.1f} s"
 
 
 def _venv_command(interpreter: str, path: Path) -> list[str]:
@@ -166,10 +191,11 @@ def install_args(lines: Sequence[str]) -> list[str]:
     return args
 
 
-def _run(command: list[str], cwd: Path, what: str, show: Reporter | None = None) -> None:
-    """Run an installer step, streaming its output to stderr; kill it if we are interrupted."""
-    if show:
-        show(f"running: {shlex.join(command)} (in {cwd})")
+def run_step(command: list[str], cwd: Path, what: str, ctx: Context) -> None:
+    """Run an installer step, its output to the run's log (and stderr with --verbose); kill it
+    if we are interrupted."""
+    if ctx.verbose:
+        ctx.report(f"running: {shlex.join(command)} (in {cwd})")
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "PIP_NO_INPUT": "1"}
     env.pop("VIRTUAL_ENV", None)  # the installer targets the new venv, never the caller's
     tail: deque[str] = deque(maxlen=20)
@@ -183,7 +209,7 @@ def _run(command: list[str], cwd: Path, what: str, show: Reporter | None = None)
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line)
-            print(line, end="", file=sys.stderr, flush=True)
+            ctx.build_output(line.rstrip("\n"))
         code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted: stop the installer before the venv is deleted
