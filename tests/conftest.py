@@ -113,3 +113,27 @@ def only_run(uri: str, experiment_name: str | None = None):  # type: ignore[no-u
     runs = client.search_runs([exp_id])
     assert len(runs) == 1, f"expected one run, found {len(runs)}"
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def conda_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real conda channel tree (conda-forge/ and extra/) built once per session."""
+    from condachannel import build_channel
+
+    return build_channel(tmp_path_factory.getbasetemp() / "conda-channels")
+
+
+@pytest.fixture(scope="session")
+def conda_http(conda_channel: Path) -> Iterator[str]:
+    """The same channels served over http on 127.0.0.1; yields the base URL."""
+    from condachannel import serve
+
+    with serve(conda_channel) as url:
+        yield url
+
+
+@pytest.fixture
+def conda_env(conda_channel: Path) -> dict[str, str]:
+    """Child env vars that point conda-forge (and extra) at the test channel, as a mirror would."""
+    return {"PROJECTRUN_CONDA_CHANNELS": f"conda-forge={conda_channel.as_uri()}/conda-forge,"
+                                         f"extra={conda_channel.as_uri()}/extra"}
