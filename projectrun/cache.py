@@ -108,18 +108,20 @@ def entry_path(kind: str, key: str) -> Path:
 
 def get_or_build(kind: str, key: str, build: Builder, *, inputs: Any = None,
                  project: str | None = None, health: HealthCheck | None = None,
-                 report: Reporter | None = None, relocatable: bool = False) -> Built:
+                 report: Reporter | None = None, relocatable: bool = False,
+                 force: bool = False) -> Built:
     """Return the entry for ``key``, building it first if needed; at most one process builds it.
 
     ``build(path)`` must create ``path``. Builds happen in place at the final path (venvs embed
     their path, so they cannot be moved); with ``relocatable=True`` the build goes to a temporary
-    sibling that is renamed into place, so even the directory appears atomically.
+    sibling that is renamed into place, so even the directory appears atomically. ``force``
+    rebuilds a usable entry too (``--build-image``).
     """
     path = entry_path(kind, key)
-    if _unusable(path, health) is None:  # fast path: no lock for a cache hit
+    if not force and _unusable(path, health) is None:  # fast path: no lock for a cache hit
         return _use(path, kind, key, built=False)
     with _locked(kind, key, report):
-        reason = _unusable(path, health)
+        reason = "a rebuild was asked for" if force else _unusable(path, health)
         if reason is None:  # another process built it while we waited
             return _use(path, kind, key, built=False)
         if reason != _NOT_BUILT and report:

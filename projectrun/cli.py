@@ -376,6 +376,9 @@ def envs_remove(key: str) -> None:
     from projectrun import cache
 
     entry = cache.remove(key)
+    from projectrun import envs
+
+    envs.release(entry.kind, entry.meta)
     click.echo(f"removed {entry.kind} env {entry.key} ({entry.path})", err=True)
 
 
@@ -387,6 +390,11 @@ def envs_prune(older_than: str, dry_run: bool) -> None:
     from projectrun import cache
 
     removed = cache.prune(_older_than(older_than), dry_run=dry_run)
+    if not dry_run:
+        from projectrun import envs
+
+        for entry in removed:
+            envs.release(entry.kind, entry.meta)
     verb = "would remove" if dry_run else "removed"
     for e in removed:
         click.echo(f"{verb} {e.kind} env {e.key} ({_size(e.size)}, last used {_age(e.last_used)})", err=True)

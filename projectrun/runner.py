@@ -5,6 +5,7 @@ ended FINISHED, FAILED or KILLED, whatever goes wrong after it was created.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -175,10 +176,10 @@ def env_context(the_plan: Plan, report: Reporter, progress: ProgressFactory | No
                 log: Reporter | None = None) -> envs.Context:
     """What the environment kinds are told about this launch."""
     request = the_plan.request
-    return envs.Context(report=report, verbose=request.verbose, offline=request.offline,
-                        docker_args=request.docker_args, build_image=request.build_image,
-                        tracking_uri=the_plan.tracking_uri, progress=progress,
-                        **({"log": log} if log else {}))
+    ctx = envs.Context(report=report, verbose=request.verbose, offline=request.offline,
+                       docker_args=request.docker_args, build_image=request.build_image,
+                       tracking_uri=the_plan.tracking_uri, progress=progress)
+    return dataclasses.replace(ctx, log=log) if log else ctx
 
 
 def _log_writer(log_path: Path) -> Reporter:
@@ -285,9 +286,11 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if request.echo:
                 report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
-            prepared = kind.prepare(the_plan.project, env_context(the_plan, report, progress,
-                                                                  _log_writer(log_path)))
-            extra_tags = {tracking.TAG_COMMAND: the_plan.command[:5000]}
+            ctx = env_context(the_plan, report, progress, _log_writer(log_path))
+            if the_plan.env_manager == "docker":
+                ctx = dataclasses.replace(ctx, artifact_uri=tracker.run_artifact_uri(run_id))
+            prepared = kind.prepare(the_plan.project, ctx)
+            extra_tags = {tracking.TAG_COMMAND: the_plan.command[:5000], **prepared.tags}
             if prepared.tag:
                 extra_tags[tracking.TAG_ENV] = prepared.tag
             if prepared.key:

@@ -52,10 +52,13 @@ class EntryPoint:
 
 @dataclass(frozen=True)
 class DockerEnv:
+    #: the base image by name; empty when it is built from ``dockerfile``
     image: str
     volumes: tuple[str, ...] = ()
     #: str = copy from host; (name, value) = set.
     environment: tuple[str | tuple[str, str], ...] = ()
+    #: projectrun extension: build the base image from this Dockerfile in the project
+    dockerfile: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -236,13 +239,11 @@ def _environment(doc: YamlDoc, directory: Path,
         _check_spark_job(doc, spark, entry_points)
         return None, None, None
     if docker := data.get(DOCKER_ENV):
-        image = docker.get("image")
-        if not image:
-            raise SpecError([f"{doc.where((DOCKER_ENV,))}: docker_env needs an 'image' "
-                             f"(e.g. image: python:3.11-slim)"])
         env = tuple(e if isinstance(e, str) else (str(e[0]), str(e[1]))
                     for e in docker.get("environment") or ())
-        return DOCKER_ENV, None, DockerEnv(str(image), tuple(docker.get("volumes") or ()), env)
+        image = str(docker.get("image") or "")
+        dockerfile = _dockerfile(doc, directory, docker.get("dockerfile"), image)
+        return DOCKER_ENV, None, DockerEnv(image, tuple(docker.get("volumes") or ()), env, dockerfile)
     for key in (PYTHON_ENV, CONDA_ENV):
         if value := data.get(key):
             env_file = directory / value
@@ -255,6 +256,22 @@ def _environment(doc: YamlDoc, directory: Path,
     if (directory / DEFAULT_CONDA_FILE).exists():
         return CONDA_ENV, directory / DEFAULT_CONDA_FILE, None
     return None, None, None
+
+
+def _dockerfile(doc: YamlDoc, directory: Path, written: Any, image: str) -> Path | None:
+    """docker_env's ``dockerfile`` (projectrun's extension) or ``image``: exactly one of them."""
+    where = doc.where((DOCKER_ENV,))
+    if not written:
+        if not image:
+            raise SpecError([f"{where}: docker_env needs an 'image' (e.g. image: python:3.11-slim)"])
+        return None
+    if image:
+        raise SpecError([f"{where}: give docker_env either 'image' or 'dockerfile', not both"])
+    path = (directory / str(written)).resolve()
+    if not path.is_relative_to(directory.resolve()) or not path.is_file():
+        raise SpecError([f"{doc.where((DOCKER_ENV, 'dockerfile'))}: dockerfile '{written}' is not a "
+                         f"file inside the project {directory}"])
+    return path
 
 
 def _check_spark_job(doc: YamlDoc, spark: dict[str, Any], entry_points: dict[str, EntryPoint]) -> None:

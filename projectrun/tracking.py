@@ -229,6 +229,10 @@ class Tracker:
             self.log_params(run_id, params)
         return run_id
 
+    def run_artifact_uri(self, run_id: str) -> str | None:
+        result: str | None = self._do("reading the run", "run_artifact_uri", run_id)
+        return result
+
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         self._do("logging params", "log_batch", run_id, params, {})
 

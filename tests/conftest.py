@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +138,26 @@ def conda_env(conda_channel: Path) -> dict[str, str]:
     """Child env vars that point conda-forge (and extra) at the test channel, as a mirror would."""
     return {"PROJECTRUN_CONDA_CHANNELS": f"conda-forge={conda_channel.as_uri()}/conda-forge,"
                                          f"extra={conda_channel.as_uri()}/extra"}
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Docker engine for the session (a private dockerd unless one answers); not skipped
+    when Docker is missing: ensure_packages and start_engine raise with why."""
+    import shutil
+
+    import dockerengine
+
+    dockerengine.ensure_packages()
+    root = tmp_path_factory.mktemp("docker")
+    with dockerengine.running_engine(root) as running:
+        yield running
+    shutil.rmtree(root, ignore_errors=True)  # image layers: pytest would keep three sessions' worth
+
+
+@pytest.fixture(scope="session")
+def docker_image(docker_engine: Any) -> str:
+    """A python3 base image made with `docker import` (cached on disk between sessions)."""
+    import dockerengine
+
+    return dockerengine.base_image(docker_engine, dockerengine.default_cache_dir())

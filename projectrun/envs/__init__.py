@@ -52,6 +52,8 @@ class Context:
     docker_args: Mapping[str, str | bool] = field(default_factory=dict)
     build_image: bool = False
     tracking_uri: str | None = None
+    #: the run's artifact location (a container mounts a local one at the same path)
+    artifact_uri: str | None = None
     #: build output (installer lines) for the run's log; shown on stderr only with --verbose
     log: Reporter = _quiet
     #: makes a progress display for a build step (a bar on a TTY, a few lines otherwise)
@@ -93,6 +95,8 @@ class Environment(Protocol):
     manager: str
     tag: str | None
     key: str | None
+    #: more tags for the run (docker: mlflow.docker.image.uri and .id, as MLflow writes them)
+    tags: Mapping[str, str]
 
     def invocation(self, command: str, env: Mapping[str, str], cwd: Path) -> Invocation: ...
 
@@ -129,6 +133,17 @@ def select_manager(project: Project, requested: str | None) -> str:
         raise UsageError("--env-manager conda: this project has a python_env (or no env file); "
                          "use --env-manager virtualenv, uv or local")
     return requested
+
+
+def release(manager: str, meta: Mapping[str, object]) -> None:
+    """After a cache entry of this kind is deleted: free what lives outside the cache (images)."""
+    target = KINDS.get(manager)
+    if target is None:
+        return
+    module = importlib.import_module(target.split(":")[0])
+    hook = getattr(module, "release", None)
+    if hook is not None:
+        hook(meta)
 
 
 def get_kind(manager: str) -> EnvKind:

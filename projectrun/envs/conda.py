@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class CondaEnvironment:
     key: str
     manager: str = NAME
     tag: str | None = NAME  # mlflow.project.env, as MLflow writes it for conda projects
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def invocation(self, command: str, env: Mapping[str, str], cwd: Path) -> Invocation:
         child = activated(self.path, env)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from projectrun.envs import Context, Invocation, shell
@@ -14,6 +14,7 @@ class LocalEnvironment:
     manager: str = "local"
     tag: str | None = None  # MLflow writes no mlflow.project.env tag for local
     key: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def invocation(self, command: str, env: Mapping[str, str], cwd: Path) -> Invocation:
         return shell(command, env, cwd)

@@ -21,7 +21,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class VenvEnvironment:
     tag: str | None
     key: str | None
     path: Path
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def invocation(self, command: str, env: Mapping[str, str], cwd: Path) -> Invocation:
         child = {k: v for k, v in env.items() if k != "PYTHONHOME"}

@@ -50,3 +50,7 @@ class Store(Protocol):
     def run_experiment(self, run_id: str) -> str | None:
         """The experiment of an existing run, or None if there is no such run."""
         ...
+
+    def run_artifact_uri(self, run_id: str) -> str | None:
+        """Where the run's artifacts go (a docker run mounts a local one)."""
+        ...

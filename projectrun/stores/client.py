@@ -65,6 +65,14 @@ class ClientStore:
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
         self.client.log_artifact(run_id, str(path), artifact_dir)
 
+    def run_artifact_uri(self, run_id: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_run(run_id).info.artifact_uri)
+        except MlflowException:
+            return None
+
     def run_experiment(self, run_id: str) -> str | None:
         from mlflow.exceptions import MlflowException
 

@@ -474,3 +474,8 @@ class RestStore:
         if info.get("artifact_uri"):
             self._artifact_uris[run_id] = info["artifact_uri"]
         return str(info["experiment_id"])
+
+    def run_artifact_uri(self, run_id: str) -> str | None:
+        if run_id not in self._artifact_uris and self.run_experiment(run_id) is None:
+            return None
+        return self._artifact_uris.get(run_id)

@@ -183,6 +183,14 @@ class SqliteStore:
         row = self._one("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,))
         return str(row[0]) if row else None
 
+    def run_artifact_uri(self, run_id: str) -> str | None:
+        if run_id not in self._artifact_uris:
+            row = self._one("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
+            if row is None:
+                return None
+            self._artifact_uris[run_id] = str(row[0])
+        return self._artifact_uris[run_id]
+
     def _active(self, run_id: str) -> None:
         row = self._one("SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,))
         if row is None or row[0] != "active":

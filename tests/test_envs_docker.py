@@ -1,0 +1,207 @@
+"""docker_env projects against a real Docker engine (tests/dockerengine.py), end to end.
+
+Base images come from `docker import` (no registry is reachable); every launch goes through the
+real CLI and a real sqlite store or `mlflow server`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CliRunner, child_env, client_for, only_run
+
+pytestmark = pytest.mark.slow
+
+SHOW = '''import json, os, sys, urllib.request
+out = {"argv": sys.argv[1:], "cwd": os.getcwd(), "files": sorted(os.listdir(".")),
+       "env": {k: os.environ.get(k) for k in ("GREETING", "TOKEN", "MLFLOW_RUN_ID",
+                                             "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}}
+uri = out["env"]["MLFLOW_TRACKING_URI"] or ""
+if uri.startswith("http"):
+    out["server"] = urllib.request.urlopen(uri + "/health", timeout=10).read().decode()
+print(json.dumps(out))
+'''
+
+
+def docker_project(root: Path, image: str, *, extra: str = "", command: str | None = None,
+                   dockerfile: str | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "show.py").write_text(SHOW)
+    env_section = f"  dockerfile: {dockerfile}\n" if dockerfile else f"  image: {image}\n"
+    (root / "MLproject").write_text(
+        "name: Docker Demo\ndocker_env:\n" + env_section + extra +
+        "entry_points:\n  main:\n    parameters:\n      alpha: {type: string, default: x}\n"
+        f"    command: \"{command or 'python3 show.py --alpha {alpha}'}\"\n")
+    return root
+
+
+def shown(stdout: str) -> dict[str, Any]:
+    return json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("{")))
+
+
+@pytest.fixture
+def denv(docker_engine: Any) -> dict[str, str]:
+    return dict(docker_engine.env())
+
+
+def containers(engine: Any) -> list[str]:
+    with contextlib.closing(engine.client()) as client:
+        return [c.name for c in client.containers.list(all=True, filters={"label": "projectrun=1"})]
+
+
+def test_project_runs_in_its_image_with_safe_args_and_mlflow_tags(
+        cli: CliRunner, workdir: Path, tmp_path: Path, docker_image: str, docker_engine: Any,
+        denv: dict[str, str]) -> None:
+    proj = docker_project(tmp_path / "proj", docker_image, extra=(
+        "  environment: [[\"GREETING\", \"hi; echo injected $(id)\"], \"TOKEN\"]\n"))
+    (proj / ".git").mkdir()
+    (proj / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (proj / "data").mkdir()
+    (proj / "data" / "big.csv").write_text("1,2\n")
+    (proj / ".dockerignore").write_text("data/\n*.tmp\n")
+    (proj / "scratch.tmp").write_text("x")
+    secret = "s3cr3t-value-never-logged"
+    env = {**denv, "TOKEN": secret}
+    res = cli(str(proj), "-P", "alpha=a;b (c) 'q' $HOME", "--verbose", env=env)
+    assert res.returncode == 0, res.stderr
+    out = shown(res.stdout)
+    assert out["argv"] == ["--alpha", "a;b (c) 'q' $HOME"]  # one argument, never shell
+    assert out["cwd"] == "/mlflow/projects/code"
+    assert out["files"] == [".dockerignore", "MLproject", "show.py"]  # no .git, data, *.tmp
+    assert out["env"]["GREETING"] == "hi; echo injected $(id)" and out["env"]["TOKEN"] == secret
+    run = only_run(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert out["env"]["MLFLOW_RUN_ID"] == run.info.run_id
+    assert out["env"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{workdir / 'mlflow.db'}"
+    tags = run.data.tags
+    assert tags["mlflow.project.env"] == "docker" and run.info.status == "FINISHED"
+    assert tags["mlflow.docker.image.uri"].startswith("projectrun/docker-demo:")
+    assert tags["mlflow.docker.image.id"].startswith("sha256:")
+    with contextlib.closing(docker_engine.client()) as client:
+        assert client.images.get(tags["mlflow.docker.image.uri"]).id == tags["mlflow.docker.image.id"]
+    everything = res.stderr + json.dumps(tags) + json.dumps(run.data.params)
+    log = Path(client_for(f"sqlite:///{workdir / 'mlflow.db'}").download_artifacts(
+        run.info.run_id, "projectrun/output.log", str(tmp_path))).read_text()
+    assert secret not in everything and secret in log  # only where the entry point printed it
+    assert "--env=TOKEN" in res.stderr  # the verbose command names the variable, not its value
+    assert containers(docker_engine) == []
+
+
+def test_cached_launch_builds_nothing_and_a_code_change_rebuilds_one_layer(
+        cli: CliRunner, tmp_path: Path, docker_image: str, docker_engine: Any,
+        denv: dict[str, str]) -> None:
+    proj = docker_project(tmp_path / "proj", docker_image)
+    first = cli(str(proj), env=denv)
+    assert first.returncode == 0 and "building docker image" in first.stderr, first.stderr
+    second = cli(str(proj), env=denv)
+    assert second.returncode == 0 and "docker" not in second.stderr.replace("WARNING", ""), second.stderr
+    (proj / "show.py").write_text(SHOW + "print('changed')\n")
+    third = cli(str(proj), env=denv)
+    assert third.returncode == 0 and "changed" in third.stdout and "building" in third.stderr
+    with contextlib.closing(docker_engine.client()) as client:
+        base = client.images.get(docker_image).attrs["RootFS"]["Layers"]
+        tags = [t for img in client.images.list(name="projectrun/docker-demo") for t in img.tags]
+        layers = [client.images.get(t).attrs["RootFS"]["Layers"] for t in tags]
+    assert len(layers) >= 2 and all(ls[:-1] == base and len(ls) == len(base) + 1 for ls in layers)
+    forced = cli(str(proj), "--build-image", env=denv)
+    assert forced.returncode == 0 and "building docker image" in forced.stderr
+
+
+def test_dockerfile_extension_builds_the_base_once(
+        cli: CliRunner, tmp_path: Path, docker_image: str, denv: dict[str, str]) -> None:
+    proj = docker_project(tmp_path / "proj", docker_image, dockerfile="docker/Dockerfile",
+                          command="cat /marker")
+    (proj / "docker").mkdir()
+    (proj / "docker" / "Dockerfile").write_text(f"FROM {docker_image}\nRUN echo built-here > /marker\n")
+    first = cli(str(proj), env=denv)
+    assert first.returncode == 0, first.stderr
+    assert "building base image" in first.stderr and first.stdout.strip() == "built-here"
+    second = cli(str(proj), env=denv)
+    assert second.returncode == 0 and "building" not in second.stderr
+
+
+@pytest.mark.parametrize("case", ["no-engine", "missing-var", "no-image", "build-fails"])
+def test_docker_problems_are_one_line(cli: CliRunner, workdir: Path, tmp_path: Path,
+                                      docker_image: str, denv: dict[str, str], case: str) -> None:
+    env = dict(denv)
+    proj = docker_project(tmp_path / "proj", docker_image)
+    expected, code = "", 1
+    if case == "no-engine":
+        env["DOCKER_HOST"] = f"unix://{tmp_path}/nothing.sock"
+        expected = "no Docker engine is reachable"
+    elif case == "missing-var":
+        proj = docker_project(tmp_path / "p2", docker_image, extra="  environment: [NOT_SET_VAR_XYZ]\n")
+        expected, code = "NOT_SET_VAR_XYZ is not set", 2
+    elif case == "no-image":
+        proj = docker_project(tmp_path / "p3", "projectrun-test/absent:9")
+        expected = "projectrun-test/absent:9 is not available locally and cannot be pulled"
+    else:
+        proj = docker_project(tmp_path / "p4", docker_image, dockerfile="Dockerfile")
+        (proj / "Dockerfile").write_text(f"FROM {docker_image}\nRUN echo about-to-fail && exit 7\n")
+        expected = "docker build failed"
+    res = cli(str(proj), env=env)
+    assert res.returncode == code, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("projectrun: error:")]
+    assert len(errors) == 1 and expected in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    if case == "build-fails":
+        assert "about-to-fail" in errors[0] or "exit 7" in errors[0] or "code: 7" in errors[0]
+    if code == 1:
+        assert only_run(f"sqlite:///{workdir / 'mlflow.db'}").info.status == "FAILED"
+
+
+def test_tracking_server_on_host_loopback_is_reached(
+        cli: CliRunner, tmp_path: Path, docker_image: str, mlflow_server: str,
+        denv: dict[str, str]) -> None:
+    proj = docker_project(tmp_path / "proj", docker_image)
+    res = cli(str(proj), "--experiment-name", "docker-server",
+              env={**denv, "MLFLOW_TRACKING_URI": mlflow_server})
+    assert res.returncode == 0, res.stderr
+    out = shown(res.stdout)
+    assert out["server"] == "OK" and out["env"]["MLFLOW_TRACKING_URI"] == mlflow_server
+    run = only_run(mlflow_server, "docker-server")
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.env"] == "docker"
+
+
+def test_sigterm_stops_the_container_and_marks_killed(
+        tmp_path: Path, workdir: Path, docker_image: str, docker_engine: Any,
+        denv: dict[str, str]) -> None:
+    proj = docker_project(tmp_path / "proj", docker_image,
+                          command="echo started && python3 -c 'import time; time.sleep(300)'")
+    home = os.environ["PROJECTRUN_HOME"]
+    proc = subprocess.Popen([sys.executable, "-m", "projectrun", str(proj)], cwd=workdir,
+                            env=child_env({**denv, "PROJECTRUN_HOME": home}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while "started" not in proc.stdout.readline() and time.monotonic() < deadline:
+        pass
+    assert containers(docker_engine)  # it is running in a container
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    assert code == 143
+    assert only_run(f"sqlite:///{workdir / 'mlflow.db'}").info.status == "KILLED"
+    assert containers(docker_engine) == []  # none left, running or stopped
+
+
+def test_sweep_builds_the_image_once_and_envs_lists_it(
+        cli: CliRunner, tmp_path: Path, docker_image: str, docker_engine: Any,
+        denv: dict[str, str]) -> None:
+    proj = docker_project(tmp_path / "sweep-proj", docker_image)
+    (proj / "unique.txt").write_text(str(tmp_path))  # content no other test's image has
+    res = cli(str(proj), "--grid", "alpha=1,2,3", "-j", "3", env=denv)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("building docker image") == 1
+    listed = json.loads(cli("envs", "list", "--json", env=denv).stdout)
+    entry = next(e for e in listed if e["kind"] == "docker" and e["project"] == str(proj))
+    removed = cli("envs", "remove", entry["key"], env=denv)
+    assert removed.returncode == 0, removed.stderr
+    with contextlib.closing(docker_engine.client()) as client:
+        assert not client.images.list(name=f"projectrun/docker-demo:{entry['key']}")
