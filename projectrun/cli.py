@@ -145,18 +145,13 @@ def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[s
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document.")
 def validate_cmd(uri: str, version: str | None, as_json: bool) -> None:
     """Check an MLproject (and its env file) and show what it offers; builds and records nothing."""
-    from projectrun import sources, spec
-    from projectrun.envs import pythonspec
+    from projectrun import envs, sources, spec
 
     source = sources.resolve(uri, version, report=_report)
     try:
         project = spec.load_project(source.directory)
-        if project.env_type == spec.PYTHON_ENV:
-            pythonspec.spec_for(project)  # python_env.yaml and its -r files: errors with lines
-        elif project.env_type == spec.CONDA_ENV and project.env_file:
-            from projectrun.envs import condaspec
-
-            condaspec.load_conda_env(project.env_file)  # conda.yaml, its specs and pip files
+        if project.env_type in (spec.PYTHON_ENV, spec.CONDA_ENV):  # the env file, with lines
+            envs.get_kind(envs.select_manager(project, None)).validate(project)
     except SpecError as exc:
         if as_json:
             click.echo(json.dumps({"valid": False, "errors": exc.problems, "warnings": []}, indent=2))

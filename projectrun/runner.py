@@ -138,6 +138,7 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
         resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory)
         command = params.render_command(entry_point, resolved)
         manager = envs.select_manager(project, request.env_manager)
+        envs.get_kind(manager).validate(project)  # env file problems: before any run exists
     except BaseException:
         if owned:
             source.close()

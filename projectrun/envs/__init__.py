@@ -104,6 +104,9 @@ class Environment(Protocol):
 class EnvKind(Protocol):
     NAME: str
 
+    def validate(self, project: Project) -> None:
+        """Raise SpecError/UsageError for a bad env file or setting, before any run exists."""
+
     def prepare(self, project: Project, ctx: Context) -> Environment: ...
 
 

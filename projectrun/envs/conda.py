@@ -85,6 +85,10 @@ def _env_vars(path: Path) -> dict[str, str]:
 class CondaKind:
     NAME = NAME
 
+    def validate(self, project: Project) -> None:
+        if project.env_file is not None:
+            load_conda_env(project.env_file)
+
     def prepare(self, project: Project, ctx: Context) -> CondaEnvironment:
         """Find or build the conda prefix for ``project``."""
         if project.env_file is None:

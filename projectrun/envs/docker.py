@@ -93,6 +93,10 @@ class DockerEnvironment:
 class DockerKind:
     NAME = NAME
 
+    def validate(self, project: Project) -> None:
+        assert project.docker_env is not None
+        check_environment(project.docker_env, project)
+
     def prepare(self, project: Project, ctx: Context) -> DockerEnvironment:
         assert project.docker_env is not None
         spec = project.docker_env

@@ -23,6 +23,9 @@ class LocalEnvironment:
 class LocalKind:
     NAME = "local"
 
+    def validate(self, project: Project) -> None:
+        pass
+
     def prepare(self, project: Project, ctx: Context) -> LocalEnvironment:
         return LocalEnvironment()
 

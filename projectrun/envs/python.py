@@ -58,6 +58,9 @@ class PythonKind:
 
     NAME: str
 
+    def validate(self, project: Project) -> None:
+        spec_for(project)  # python_env.yaml (or conda.yaml converted) and its -r files
+
     def prepare(self, project: Project, ctx: Context) -> VenvEnvironment:
         """Find or build the venv for ``project``."""
         spec = spec_for(project)
