@@ -442,6 +442,41 @@ def lock_cmd(uri: str, platforms: tuple[str, ...], offline: bool) -> None:
     click.echo(f"projectrun: wrote {path} ({what})", err=True)
 
 
+@cli.group("runs")
+def runs_group() -> None:
+    """Runs in the tracking store: find and end the ones whose launcher died."""
+
+
+@runs_group.command("reconcile")
+@click.option("--experiment-name", help="Only this experiment (default: every active one).")
+@click.option("--experiment-id", help="Only this experiment id.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be ended.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def runs_reconcile(experiment_name: str | None, experiment_id: str | None, dry_run: bool,
+                   as_json: bool) -> None:
+    """End RUNNING runs whose launcher is gone (killed, rebooted) as FAILED; list the others."""
+    import os
+
+    from projectrun import reconcile, tracking
+
+    tracker = tracking.Tracker(tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
+    if experiment_name or experiment_id:
+        ids = [tracker.experiment_id(experiment_name, experiment_id)]
+    else:
+        ids = [str(e.experiment_id) for e in tracker.client.search_experiments()]
+    found = [f for exp in ids for f in reconcile.reconcile(tracker, exp, dry_run=dry_run)]
+    if as_json:
+        click.echo(json.dumps([f.__dict__ for f in found], indent=2))
+        return
+    verb = "would end" if dry_run else "ended"
+    _table(["run", "experiment", "launcher", "action"],
+           [[f.run_id, f.experiment_id, f.state,
+             f"{verb} FAILED: {f.reason}" if f.state == "dead" else f"left RUNNING: {f.reason}"]
+            for f in found])
+    dead = sum(f.state == "dead" for f in found)
+    click.echo(f"projectrun: {len(found)} running run(s); {verb} {dead}", err=True)
+
+
 @cli.group("sources")
 def sources_group() -> None:
     """Cached git mirrors: list, remove, prune."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from projectrun import envs, params, sources, spec, tracking
+from projectrun import envs, liveness, params, sources, spec, tracking
 from projectrun import launch as launch_mod
 from projectrun.errors import EnvBuildError, ProjectRunError, RunFailed, RunInterrupted, SourceError
 
@@ -268,6 +268,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
     tags.update(the_plan.source.git_tags)
     tags.update(request.tags)
     tags[tracking.TAG_BACKEND] = "local"
+    tags.update(liveness.launcher_tags())  # so a later reconcile can tell if we died
     run_id = ""
     status = tracking.FAILED
     keep_log = log_path is not None
@@ -298,7 +299,10 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 extra_tags[tracking.TAG_ENV_KEY] = prepared.key
             # Logged while the entry point starts: the run already exists, so the child can use it,
             # and the round trip to a tracking server is off the critical path.
-            logging_done = _in_background(tracker.log_batch, run_id, pending_params, extra_tags)
+            if request.run_id:
+                extra_tags.update(liveness.launcher_tags())  # a continued run is ours now
+            logging_done = _in_background(_log_and_reconcile, tracker, run_id, experiment_id,
+                                          pending_params, extra_tags, report)
             pending_params = {}
             storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
             values = _download_remote_paths(the_plan, storage / "params")
@@ -348,6 +352,16 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
     return RunResult(run_id, experiment_id, status, outcome.returncode,
                      log_path if log_path.exists() else None, outcome.signal, outcome.timed_out, error,
                      silent)
+
+
+def _log_and_reconcile(tracker: tracking.Tracker, run_id: str, experiment_id: str,
+                       params: dict[str, str], tags: dict[str, str], report: Reporter) -> None:
+    """Off the critical path: the run's params and env tags, then end abandoned runs of the
+    experiment (launchers killed before they could)."""
+    from projectrun import reconcile
+
+    tracker.log_batch(run_id, params, tags)
+    reconcile.quietly(tracker, experiment_id, {run_id}, report)
 
 
 def _in_background(fn: Callable[..., object], *args: object) -> Callable[[], None]:

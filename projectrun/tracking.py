@@ -233,6 +233,11 @@ class Tracker:
         result: str | None = self._do("reading the run", "run_artifact_uri", run_id)
         return result
 
+    def running_runs(self, experiment_id: str) -> list[tuple[str, dict[str, str]]]:
+        result: list[tuple[str, dict[str, str]]] = self._do(
+            "listing running runs", "running_runs", experiment_id)
+        return result
+
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         self._do("logging params", "log_batch", run_id, params, {})
 

@@ -54,3 +54,7 @@ class Store(Protocol):
     def run_artifact_uri(self, run_id: str) -> str | None:
         """Where the run's artifacts go (a docker run mounts a local one)."""
         ...
+
+    def running_runs(self, experiment_id: str) -> list[tuple[str, dict[str, str]]]:
+        """(run id, tags) of the experiment's active RUNNING runs (for reconciling orphans)."""
+        ...

@@ -65,6 +65,11 @@ class ClientStore:
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
         self.client.log_artifact(run_id, str(path), artifact_dir)
 
+    def running_runs(self, experiment_id: str) -> list[tuple[str, dict[str, str]]]:
+        runs = self.client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                       max_results=5000)
+        return [(str(r.info.run_id), dict(r.data.tags)) for r in runs]
+
     def run_artifact_uri(self, run_id: str) -> str | None:
         from mlflow.exceptions import MlflowException
 

@@ -475,6 +475,22 @@ class RestStore:
             self._artifact_uris[run_id] = info["artifact_uri"]
         return str(info["experiment_id"])
 
+    def running_runs(self, experiment_id: str) -> list[tuple[str, dict[str, str]]]:
+        found: list[tuple[str, dict[str, str]]] = []
+        token = None
+        while True:
+            body: dict[str, Any] = {"experiment_ids": [str(experiment_id)], "max_results": 1000,
+                                    "filter": "attributes.status = 'RUNNING'"}
+            if token:
+                body["page_token"] = token
+            answer = self._call("POST", "runs/search", body)
+            for run in answer.get("runs", []):
+                tags = {t["key"]: t.get("value", "") for t in run.get("data", {}).get("tags", [])}
+                found.append((str(run["info"]["run_id"]), tags))
+            token = answer.get("next_page_token")
+            if not token:
+                return found
+
     def run_artifact_uri(self, run_id: str) -> str | None:
         if run_id not in self._artifact_uris and self.run_experiment(run_id) is None:
             return None

@@ -191,6 +191,15 @@ class SqliteStore:
             self._artifact_uris[run_id] = str(row[0])
         return self._artifact_uris[run_id]
 
+    def running_runs(self, experiment_id: str) -> list[tuple[str, dict[str, str]]]:
+        with _THREADS:
+            ids = [r[0] for r in self.conn.execute(
+                "SELECT run_uuid FROM runs WHERE experiment_id = ? AND status = 'RUNNING' "
+                "AND lifecycle_stage = 'active'", (int(experiment_id),)).fetchall()]
+            return [(run_id, dict(self.conn.execute(
+                "SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall()))
+                for run_id in ids]
+
     def _active(self, run_id: str) -> None:
         row = self._one("SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,))
         if row is None or row[0] != "active":
