@@ -28,9 +28,12 @@ class Finding:
 def reconcile(tracker: tracking.Tracker, experiment_id: str, *, dry_run: bool = False,
               skip: Collection[str] = ()) -> list[Finding]:
     """Judge every RUNNING run of the experiment; end the orphans (unless ``dry_run``)."""
+    from projectrun import spool
+
     findings = []
+    kept = spool.spooled_run_ids(tracker.uri)  # ended, only not recorded yet: not abandoned
     for run_id, tags in tracker.running_runs(experiment_id):
-        if run_id in skip:
+        if run_id in skip or run_id in kept:
             continue
         verdict = liveness.judge(tags)
         ended = verdict.state == liveness.DEAD and not dry_run

@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,15 @@ TAG_BACKEND = "mlflow.project.backend"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 TAG_COMMAND = "projectrun.command"
 TAG_ENV_KEY = "projectrun.env.key"
+#: seconds to keep retrying writes to an existing run while the store is unreachable or locked
+RETRY_ENV_VAR = "PROJECTRUN_TRACKING_RETRY"
+DEFAULT_RETRY_SECONDS = 60.0
+#: what a retry can cure: a server that went away or answers 5xx, a sqlite database locked by
+#: another writer (MLflow's client in another process, a UI, a sweep)
+_TRANSIENT = ("not reachable", "database is locked", "database table is locked", "timed out",
+              "temporarily_unavailable", "http 502", "http 503", "http 504", "http 500",
+              "connection reset", "remote end closed")
+_LOCKED = ("database is locked", "database table is locked")
 LOG_ARTIFACT_DIR = "projectrun"
 LOG_FILE_NAME = "output.log"
 
@@ -54,6 +64,21 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.I):
         return (cwd / uri).resolve().as_uri()  # a plain path is a file store
     return uri
+
+
+def retry_seconds() -> float:
+    """PROJECTRUN_TRACKING_RETRY, read when needed: a bad value is one usage line, not a crash."""
+    text = os.environ.get(RETRY_ENV_VAR, "").strip()
+    if not text:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise UsageError(f"{RETRY_ENV_VAR}={text}: give a number of seconds (e.g. 60, or 0 for no "
+                         f"retries)")
+    return value
 
 
 def _sqlite_lock(uri: str) -> Any:
@@ -90,6 +115,8 @@ class Tracker:
     _fast: Any = None
     _slow: Any = None
     _probed: bool = False
+    #: retries already ran out once in this process: later writes try once (then get spooled)
+    _gave_up: bool = False
 
     @property
     def client(self) -> MlflowClient:
@@ -130,7 +157,27 @@ class Tracker:
                     self._fast = RestStore(self.uri)  # its first call fails fast if the server is down
         return self._fast
 
-    def _do(self, what: str, op: str, *args: Any) -> Any:
+    def _do(self, what: str, op: str, *args: Any, persistent: bool = False) -> Any:
+        """``_once``, retried with backoff while the failure is one time can cure: a locked sqlite
+        database always (bounded), an unreachable store only for writes to an existing run
+        (``persistent``; a launch that cannot reach its store at start fails at once)."""
+        deadline = time.monotonic() + (0.0 if self._gave_up else retry_seconds())
+        delay = 0.25
+        while True:
+            try:
+                result = self._once(what, op, *args)
+                self._gave_up = False
+                return result
+            except TrackingError as exc:
+                text = str(exc).lower()
+                curable = any(t in text for t in (_TRANSIENT if persistent else _LOCKED))
+                if not curable or time.monotonic() + delay > deadline:
+                    self._gave_up = self._gave_up or curable
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _once(self, what: str, op: str, *args: Any) -> Any:
         """``op`` on the fast store if there is one and it can; else through MLflow's client."""
         from projectrun.stores import Unsupported
 
@@ -221,8 +268,6 @@ class Tracker:
     def create_run(self, experiment_id: str, tags: dict[str, str], params: dict[str, str],
                    run_name: str | None) -> str:
         """Create the RUNNING run with its tags, then every param in one batch."""
-        import time
-
         run_id: str = self._do("creating the run", "create_run", experiment_id, tags, run_name,
                                int(time.time() * 1000))
         if params:
@@ -239,22 +284,22 @@ class Tracker:
         return result
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        self._do("logging params", "log_batch", run_id, params, {})
+        self._do("logging params", "log_batch", run_id, params, {}, persistent=True)
 
     def log_batch(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
-        self._do("logging params and tags", "log_batch", run_id, params, tags)
+        self._do("logging params and tags", "log_batch", run_id, params, tags, persistent=True)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self._do("setting tags", "log_batch", run_id, {}, tags)
+        self._do("setting tags", "log_batch", run_id, {}, tags, persistent=True)
 
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
-        self._do("uploading " + path.name, "log_artifact", run_id, path, artifact_dir)
+        self._do("uploading " + path.name, "log_artifact", run_id, path, artifact_dir,
+                 persistent=True)
 
     def set_running(self, run_id: str) -> None:
         """A resumed sweep's parent is RUNNING again until the sweep ends."""
-        self._do("reopening the run", "update_run", run_id, "RUNNING", None)
+        self._do("reopening the run", "update_run", run_id, "RUNNING", None, persistent=True)
 
-    def terminate(self, run_id: str, status: str) -> None:
-        import time
-
-        self._do(f"marking the run {status}", "update_run", run_id, status, int(time.time() * 1000))
+    def terminate(self, run_id: str, status: str, end_time: int | None = None) -> None:
+        end = int(time.time() * 1000) if end_time is None else end_time
+        self._do(f"marking the run {status}", "update_run", run_id, status, end, persistent=True)

@@ -1,0 +1,105 @@
+"""What a run could not record because the tracking store stayed down: kept here, replayed later.
+
+When a store goes away mid-run and stays away past the retries, the run's final status, end
+time, unlogged params and tags, and its log are written to ``<cache>/spool/<run id>.json`` (+
+``.log``). The next projectrun command that reaches the same store replays them, so nothing is
+lost and the run is not mistaken for an abandoned one (``reconcile`` skips spooled runs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from projectrun import cache
+
+Reporter = Callable[[str], None]
+
+
+def spool_dir() -> Path:
+    path = cache.ensure_root() / "spool"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save(uri: str, run_id: str, status: str, params: dict[str, str], tags: dict[str, str],
+         log_path: Path | None) -> Path:
+    """Keep what the store did not take; returns the record's path."""
+    base = spool_dir()
+    log_copy = None
+    if log_path is not None and log_path.exists() and log_path.stat().st_size:
+        log_copy = base / f"{run_id}.log"
+        shutil.copyfile(log_path, log_copy)
+    record = {"uri": uri, "run_id": run_id, "status": status, "end_time": int(time.time() * 1000),
+              "params": params, "tags": tags, "log": str(log_copy) if log_copy else None}
+    target = base / f"{run_id}.json"
+    tmp = base / f".{run_id}.{secrets.token_hex(4)}.tmp"
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _records(uri: str) -> list[tuple[Path, dict[str, Any]]]:
+    base = cache.root() / "spool"
+    if not base.is_dir():
+        return []
+    out = []
+    for path in sorted(base.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("uri") == uri:
+            out.append((path, record))
+    return out
+
+
+def spooled_run_ids(uri: str) -> set[str]:
+    return {str(r["run_id"]) for _, r in _records(uri)}
+
+
+def replay(tracker: Any, report: Reporter) -> None:
+    """Record every spooled run of this store; a record stays until its store took all of it."""
+    from projectrun.errors import ProjectRunError
+
+    for path, record in _records(tracker.uri):
+        claimed = path.with_name(f".{path.stem}.replaying-{os.getpid()}")
+        try:
+            os.replace(path, claimed)  # one replayer per record, even with parallel launches
+        except FileNotFoundError:
+            continue
+        try:
+            _apply(tracker, record)
+        except ProjectRunError as exc:
+            os.replace(claimed, path)
+            report(f"warning: run {record['run_id']} is still kept in {path}: {exc}")
+            return
+        claimed.unlink()
+        if record.get("log"):
+            Path(record["log"]).unlink(missing_ok=True)
+        report(f"recorded run {record['run_id']} {record['status']} (kept in {path} while "
+               f"{tracker.uri} was unreachable)")
+
+
+def _apply(tracker: Any, record: dict[str, Any]) -> None:
+    run_id = str(record["run_id"])
+    if record.get("params") or record.get("tags"):
+        tracker.log_batch(run_id, dict(record.get("params") or {}), dict(record.get("tags") or {}))
+    if record.get("log") and Path(record["log"]).exists():
+        from projectrun import tracking
+
+        spooled = Path(record["log"])
+        named = spooled.with_name(tracking.LOG_FILE_NAME)
+        tmpdir = spooled.parent / f".replay-{run_id}"
+        tmpdir.mkdir(exist_ok=True)
+        try:
+            shutil.copyfile(spooled, tmpdir / named.name)
+            tracker.log_artifact(run_id, tmpdir / named.name, tracking.LOG_ARTIFACT_DIR)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    tracker.terminate(run_id, str(record["status"]), end_time=int(record["end_time"]))
