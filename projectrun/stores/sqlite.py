@@ -62,6 +62,33 @@ def _schema_ok(conn: sqlite3.Connection) -> bool:
     return True
 
 
+def check_revision(conn: sqlite3.Connection, uri: str) -> None:
+    """Refuse a database another MLflow version made: writing it (or letting MLflow's client
+    auto-upgrade it, as it does when a table is missing) would leave rows or a schema that
+    version cannot read."""
+    from projectrun.errors import TrackingError
+    from projectrun.stores import mlflowschema
+
+    known = mlflowschema.revisions()
+    if known is None:
+        return  # no installed MLflow migrations to compare with: MLflow's client decides
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return  # not an MLflow database yet (MLflow creates it)
+    found = row[0] if row else None
+    head, older = known
+    if found is None or found == head:
+        return
+    if found in older:
+        advice = (f"back it up and run `mlflow db upgrade {uri}`, or use the MLflow version that "
+                  f"made it")
+    else:
+        advice = "it is newer than the installed MLflow: upgrade it (pip install -U mlflow-skinny)"
+    raise TrackingError(f"tracking store {uri} has MLflow schema revision {found}, but the "
+                        f"installed MLflow writes {head}; projectrun leaves it unchanged: {advice}")
+
+
 class SqliteStore:
     def __init__(self, path: str, conn: sqlite3.Connection, workspace: bool) -> None:
         self.path = path
@@ -82,6 +109,7 @@ class SqliteStore:
         try:
             # One connection shared by a sweep's worker threads; _Transaction serialises them.
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            check_revision(conn, uri)
             if not _schema_ok(conn):
                 conn.close()
                 return None
