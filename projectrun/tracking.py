@@ -81,6 +81,23 @@ def retry_seconds() -> float:
     return value
 
 
+def _refuse_other_revision(uri: str) -> None:
+    """MLflow's client too must not open (and auto-upgrade) another MLflow version's database."""
+    import sqlite3
+    import urllib.parse
+
+    path = urllib.parse.unquote(uri[len("sqlite:///"):].partition("?")[0])
+    if not os.path.isfile(path):
+        return
+    from projectrun.stores.sqlite import check_revision
+
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        check_revision(conn, uri)
+    finally:
+        conn.close()
+
+
 def _sqlite_lock(uri: str) -> Any:
     import hashlib
 
@@ -131,6 +148,7 @@ class Tracker:
                 raise TrackingError(f"cannot import mlflow ({exc}); pip install mlflow-skinny") from None
             self._probe_server()
             if self.uri.startswith("sqlite:///"):
+                _refuse_other_revision(self.uri)
                 # Several launches opening a new database at once race in MLflow's table
                 # creation ("table _alembic_tmp_metrics already exists"): create it under a lock.
                 with _sqlite_lock(self.uri):
