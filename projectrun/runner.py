@@ -248,6 +248,18 @@ def failure_message(result: RunResult, entry_point: str) -> str:
     return f"run {result.run_id} failed: entry point '{entry_point}' {why}; {where}"
 
 
+def run_tags(the_plan: Plan, backend: str = "local") -> dict[str, str]:
+    """The tags a new run starts with; a sweep that creates its trials' runs ahead (so it can end
+    them whatever happens on a worker) uses the same, so those runs read like any other."""
+    request = the_plan.request
+    tags = tracking.base_tags(the_plan.source.name, request.entry_point)
+    tags.update(the_plan.source.git_tags)
+    tags.update(request.tags)
+    tags[tracking.TAG_BACKEND] = backend
+    tags.update(liveness.launcher_tags())  # so a later reconcile can tell if we died
+    return tags
+
+
 def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tracker | None = None,
             experiment_id: str | None = None, cancel: threading.Event | None = None,
             timeout: float | None = None, log_path: Path | None = None,
@@ -264,11 +276,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
         experiment_id = tracker.existing_run_experiment(request.run_id)
     elif experiment_id is None:
         experiment_id = tracker.experiment_id(request.experiment_name, request.experiment_id)
-    tags = tracking.base_tags(the_plan.source.name, request.entry_point)
-    tags.update(the_plan.source.git_tags)
-    tags.update(request.tags)
-    tags[tracking.TAG_BACKEND] = "local"
-    tags.update(liveness.launcher_tags())  # so a later reconcile can tell if we died
+    tags = run_tags(the_plan)
     run_id = ""
     status = tracking.FAILED
     keep_log = log_path is not None
@@ -300,6 +308,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             # Logged while the entry point starts: the run already exists, so the child can use it,
             # and the round trip to a tracking server is off the critical path.
             if request.run_id:
+                extra_tags.update(request.tags)  # a scheduler's additions (the node running it)
                 extra_tags.update(liveness.launcher_tags())  # a continued run is ours now
             logging_done = _in_background(_log_and_reconcile, tracker, run_id, experiment_id,
                                           pending_params, extra_tags, report)

@@ -12,19 +12,27 @@ import dataclasses
 import io
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from projectrun import envs, runner, sources, spec, sweepplan, tracking
+from projectrun import (
+    envs,
+    gitinfo,
+    runner,
+    schedulers,
+    sources,
+    spec,
+    sweepplan,
+    tracking,
+)
 from projectrun.errors import ProjectRunError, RunInterrupted, UsageError
 
 if TYPE_CHECKING:
@@ -39,6 +47,8 @@ TAG_TRIAL_KEY = "projectrun.trial.key"
 TAG_TRIAL_INDEX = "projectrun.trial.index"
 TAG_ATTEMPT = "projectrun.trial.attempt"
 TAG_BEST_RUN = "projectrun.sweep.best_run_id"
+#: on a child run the driver had to end itself (its worker was lost): why
+TAG_TRIAL_ERROR = "projectrun.trial.error"
 
 
 def _stderr(message: str) -> None:
@@ -54,6 +64,8 @@ class TrialResult:
     objective: float | None = None
     attempts: int = 0
     message: str = ""
+    #: where the last attempt ran (a Ray node id; empty for the local backend)
+    node: str = ""
 
 
 @dataclass
@@ -81,6 +93,10 @@ class SweepOptions:
     env_manager: str | None = None
     offline: bool = False
     sweep_file: str | None = None  # recorded on the parent so --resume can find it
+    #: where trials run (overrides the file's ``backend:``): local or ray
+    backend: str | None = None
+    #: the Ray cluster to connect to (overrides ``ray: {address: ...}``)
+    address: str | None = None
     verbose: bool = False
     #: how the one env build before the trials shows its progress (the CLI passes a bar)
     progress: Callable[[str], Progress] | None = None
@@ -126,53 +142,37 @@ def _run(plan: sweepplan.Plan, source: sources.Source, options: SweepOptions,
         parent_id, plan, done = _resume(tracker, experiment_id, plan, options, report)
     _check(plan, project)
     manager = envs.select_manager(project, options.env_manager or plan.env_manager)
-    # Build the environment once, before any trial: N workers then only find it in the cache.
-    envs.get_kind(manager).prepare(project, envs.Context(
-        report=report, verbose=options.verbose, offline=options.offline, progress=options.progress))
-    if not options.resume:
-        parent_id = _create_parent(tracker, experiment_id, plan, source, options)
-    else:
-        tracker.set_running(parent_id)
-    todo = [t for t in plan.trials if t.key not in done]
     jobs = max(1, options.jobs or plan.execution.parallel)
-    report(f"sweep {parent_id}: {len(todo)} trial(s) to run"
-           + (f" ({len(done)} already finished)" if done else "") + f", {jobs} at a time")
-    results = {t.key: TrialResult(t, "SKIPPED") for t in plan.trials if t.key in done}
-    stop = _Stop()
-    logs = Path(tempfile.mkdtemp(prefix="projectrun-sweep-"))
-    run_one = _trial_runner(plan, project, source, tracker, experiment_id, parent_id, manager,
-                            stop, logs, report, options)
-    failures = 0
-    with _interrupts(stop):
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            pending: dict[Future[TrialResult], sweepplan.Trial] = {}
-            queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < jobs and not stop.event.is_set():
-                    trial = queue.pop(0)
-                    pending[pool.submit(run_one, trial)] = trial
-                if not pending:
-                    break
-                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    trial = pending.pop(fut)
-                    res = fut.result()
-                    results[trial.key] = res
-                    _announce(res, len(results), len(plan.trials), report)
-                    if res.status == tracking.FAILED:
-                        failures += 1
-                        if plan.execution.on_failure == "fail_fast":
-                            stop.set(f"trial {trial.index} failed and on_failure is fail_fast")
-                        elif plan.execution.max_failures is not None and failures >= plan.execution.max_failures:
-                            stop.set(f"{failures} trial(s) failed (max_failures: {plan.execution.max_failures})")
-                if stop.event.is_set() and queue:
-                    for t in queue:
-                        results[t.key] = TrialResult(t, "NOT_RUN")
-                    queue.clear()
+    backend = _backend(plan, options)
+    # Opened before anything is recorded: a backend that cannot run this sweep (Ray missing, a
+    # local store a remote cluster cannot reach) refuses here.
+    scheduler = schedulers.get_scheduler(backend, schedulers.Setup(jobs, tracker.uri, source,
+                                                                   tracker, report))
+    try:
+        if scheduler.same_host:
+            # Build the environment once, before any trial: N workers then only find it in the cache.
+            envs.get_kind(manager).prepare(project, envs.Context(
+                report=report, verbose=options.verbose, offline=options.offline,
+                progress=options.progress))
+        if not options.resume:
+            parent_id = _create_parent(tracker, experiment_id, plan, source, options, backend.name)
+        else:
+            tracker.set_running(parent_id)
+        todo = [t for t in plan.trials if t.key not in done]
+        where = f" on {scheduler.name}" if scheduler.name != "local" else ""
+        report(f"sweep {parent_id}: {len(todo)} trial(s) to run"
+               + (f" ({len(done)} already finished)" if done else "") + f", {jobs} at a time{where}")
+        results = {t.key: TrialResult(t, "SKIPPED") for t in plan.trials if t.key in done}
+        stop = _Stop()
+        attempts = _Attempts(plan, source, tracker, experiment_id, parent_id, manager, backend.name,
+                             options.offline)
+        with _interrupts(stop):
+            _schedule(scheduler, attempts, todo, jobs, stop, results, report)
+    finally:
+        scheduler.close()
     ordered = [results.get(t.key, TrialResult(t, "NOT_RUN")) for t in plan.trials]
     status = _parent_status(ordered, stop)
     best = _finish_parent(tracker, parent_id, plan, ordered, status)
-    shutil.rmtree(logs, ignore_errors=True)
     result = SweepResult(parent_id, experiment_id, status, ordered, best)
     if stop.reason:
         report(f"sweep stopped: {stop.reason}")
@@ -203,70 +203,139 @@ def _announce(res: TrialResult, done: int, total: int, report: Reporter) -> None
         line += f" run {res.run_id}"
     if res.objective is not None:
         line += f" objective={res.objective:g}"
+    if res.node:
+        line += f" on node {res.node[:12]}"
     report(line)
     if res.status == tracking.FAILED and res.message:
         report(f"  {res.message}")
 
 
-def _trial_runner(plan: sweepplan.Plan, project: spec.Project, source: sources.Source,
-                  tracker: tracking.Tracker, experiment_id: str, parent_id: str, manager: str,
-                  stop: _Stop, logs: Path, report: Reporter,
-                  options: SweepOptions) -> Callable[[sweepplan.Trial], TrialResult]:
-    metric = plan.objective.metric if plan.objective else None
+def _backend(plan: sweepplan.Plan, options: SweepOptions) -> sweepplan.Backend:
+    """The sweep file's backend, with --backend and --address (then RAY_ADDRESS) on top."""
+    backend = plan.execution.backend
+    if options.backend:
+        backend = dataclasses.replace(backend, name=options.backend)
+    if options.address:
+        backend = dataclasses.replace(backend, address=options.address)
+    if options.address and backend.name == "local":
+        raise UsageError("--address goes with --backend ray (or backend: ray in the sweep file)")
+    return backend
 
-    def quiet(_message: str) -> None:
-        pass
 
-    def run_one(trial: sweepplan.Trial) -> TrialResult:
-        start = time.monotonic()
-        result = TrialResult(trial, tracking.FAILED)
-        for attempt in range(1, plan.execution.retries + 2):
-            if stop.event.is_set():
-                result.status = "NOT_RUN" if attempt == 1 else result.status
-                break
-            request = runner.LaunchRequest(
-                uri=plan.project, entry_point=plan.entry_point, version=plan.version,
-                parameters=dict(trial.params), env_manager=manager, echo=False,
-                run_name=f"{plan.name or 'trial'}-{trial.index}" + (f"-try{attempt}" if attempt > 1 else ""),
-                tags={tracking.TAG_PARENT_RUN_ID: parent_id, TAG_TRIAL_KEY: trial.key,
-                      TAG_TRIAL_INDEX: str(trial.index), TAG_ATTEMPT: str(attempt)})
-            log_path = logs / f"{trial.index}-{attempt}" / tracking.LOG_FILE_NAME
-            log_path.parent.mkdir(parents=True)
+def _quiet(_message: str) -> None:
+    pass
+
+
+class _Attempts:
+    """Turns a trial into the task of one attempt, creating the attempt's child run first.
+
+    The driver creates every child run (with the tags and params a local launch writes), so it
+    can end the run itself when a worker cannot: a lost node, a task cancelled before it started.
+    """
+
+    def __init__(self, plan: sweepplan.Plan, source: sources.Source, tracker: tracking.Tracker,
+                 experiment_id: str, parent_id: str, manager: str, backend: str,
+                 offline: bool) -> None:
+        self.plan, self.source, self.tracker = plan, source, tracker
+        self.experiment_id, self.parent_id = experiment_id, parent_id
+        self.manager, self.backend, self.offline = manager, backend, offline
+        git = source.kind == "git"
+        self.commit = source.git_tags.get(gitinfo.TAG_GIT_COMMIT) if git else None
+
+    def task(self, trial: sweepplan.Trial, attempt: int) -> schedulers.TrialTask:
+        """Raises ProjectRunError when the trial cannot be launched (nothing is recorded then)."""
+        plan = self.plan
+        tags = {tracking.TAG_PARENT_RUN_ID: self.parent_id, TAG_TRIAL_KEY: trial.key,
+                TAG_TRIAL_INDEX: str(trial.index), TAG_ATTEMPT: str(attempt)}
+        run_name = f"{plan.name or 'trial'}-{trial.index}" + (f"-try{attempt}" if attempt > 1 else "")
+        request = runner.LaunchRequest(
+            uri=plan.project, entry_point=plan.entry_point, version=plan.version,
+            parameters=dict(trial.params), env_manager=self.manager, echo=False, run_name=run_name,
+            tags=tags, offline=self.offline)
+        the_plan = runner.plan(request, _quiet, source=self.source)
+        run_id = self.tracker.create_run(self.experiment_id, runner.run_tags(the_plan, self.backend),
+                                         the_plan.params.logged, run_name)
+        return schedulers.TrialTask(
+            uri=plan.project, entry_point=plan.entry_point, params=dict(trial.params),
+            tracking_uri=self.tracker.uri, experiment_id=self.experiment_id,
+            parent_run_id=self.parent_id, index=trial.index, key=trial.key, attempt=attempt,
+            run_id=run_id, run_name=run_name, version=plan.version, commit=self.commit,
+            env_manager=self.manager, timeout=plan.execution.timeout, offline=self.offline,
+            tags=tags)
+
+    def settle(self, task: schedulers.TrialTask,
+               outcome: schedulers.TrialOutcome) -> schedulers.TrialOutcome:
+        """A lost attempt's run is ended here, unless the worker ended it before it was lost."""
+        if not outcome.lost or not task.run_id:
+            return outcome
+        try:
+            recorded = self.tracker.client.get_run(task.run_id).info.status
+        except Exception:  # noqa: BLE001 - the store's own errors surface in terminate below
+            recorded = "RUNNING"
+        if recorded in (tracking.FINISHED, tracking.FAILED, tracking.KILLED):
+            return dataclasses.replace(outcome, status=recorded, lost=False)
+        self.tracker.set_tags(task.run_id, {TAG_TRIAL_ERROR: outcome.message[:5000]})
+        self.tracker.terminate(task.run_id, outcome.status)
+        return outcome
+
+
+def _schedule(scheduler: schedulers.Scheduler, attempts: _Attempts, todo: list[sweepplan.Trial],
+              jobs: int, stop: _Stop, results: dict[str, TrialResult], report: Reporter) -> None:
+    """Keep ``jobs`` attempts in flight; retry failures; on a stop, cancel and drain."""
+    plan = attempts.plan
+    trials = {t.key: t for t in todo}
+    queue: deque[tuple[sweepplan.Trial, int]] = deque((t, 1) for t in todo)
+    started: dict[str, float] = {}
+    retrying: dict[str, TrialResult] = {}  # the failed attempt a queued retry replaces
+    cancelled = False
+
+    def record(res: TrialResult) -> None:
+        res.seconds = time.monotonic() - started.get(res.trial.key, time.monotonic())
+        results[res.trial.key] = res
+        _announce(res, len(results), len(plan.trials), report)
+        _count_failure(res, plan, results, stop)
+
+    while queue or scheduler.in_flight():
+        while queue and scheduler.in_flight() < jobs and not stop.event.is_set():
+            trial, attempt = queue.popleft()
+            started.setdefault(trial.key, time.monotonic())
             try:
-                the_plan = runner.plan(request, quiet, source=source)
-                run = runner.execute(the_plan, quiet, tracker=tracker, experiment_id=experiment_id,
-                                     cancel=stop.event, timeout=plan.execution.timeout, log_path=log_path)
+                scheduler.submit(attempts.task(trial, attempt))
             except ProjectRunError as exc:
-                result.message = str(exc)
-                break
-            result.run_id, result.status, result.attempts = run.run_id, run.status, attempt
-            if run.status == tracking.FINISHED:
-                result.message = ""
-                break
-            if run.error is not None:
-                result.message = str(run.error)
-            else:
-                result.message = runner.failure_message(run, plan.entry_point)
-                tail = _tail(log_path)
-                if tail:
-                    result.message += "; last output: " + tail
-            if run.status == tracking.KILLED:
-                break
-        result.seconds = time.monotonic() - start
-        if metric and result.status == tracking.FINISHED and result.run_id:
-            result.objective = _metric(tracker, result.run_id, metric)
-        return result
+                res = retrying.pop(trial.key, TrialResult(trial, tracking.FAILED))
+                res.message = str(exc)
+                record(res)
+        if stop.event.is_set():
+            if scheduler.in_flight() and not cancelled:
+                scheduler.cancel()
+                cancelled = True
+            for t, _attempt in queue:
+                results[t.key] = retrying.pop(t.key, TrialResult(t, "NOT_RUN"))
+            queue.clear()
+        for task, outcome in scheduler.completed(0.5):
+            outcome = attempts.settle(task, outcome)
+            trial = trials[task.key]
+            res = TrialResult(trial, outcome.status, outcome.run_id, attempts=task.attempt,
+                              message=outcome.message, node=outcome.node)
+            if outcome.status == tracking.FAILED and task.attempt <= plan.execution.retries \
+                    and not stop.event.is_set():
+                retrying[trial.key] = res
+                queue.appendleft((trial, task.attempt + 1))
+                continue
+            if plan.objective and res.status == tracking.FINISHED and res.run_id:
+                res.objective = _metric(attempts.tracker, res.run_id, plan.objective.metric)
+            record(res)
 
-    return run_one
 
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(t.strip() for t in text[-lines:])
-
+def _count_failure(res: TrialResult, plan: sweepplan.Plan, results: dict[str, TrialResult],
+                   stop: _Stop) -> None:
+    if res.status != tracking.FAILED:
+        return
+    failures = sum(r.status == tracking.FAILED for r in results.values())
+    if plan.execution.on_failure == "fail_fast":
+        stop.set(f"trial {res.trial.index} failed and on_failure is fail_fast")
+    elif plan.execution.max_failures is not None and failures >= plan.execution.max_failures:
+        stop.set(f"{failures} trial(s) failed (max_failures: {plan.execution.max_failures})")
 
 def _metric(tracker: tracking.Tracker, run_id: str, metric: str) -> float | None:
     try:
@@ -298,11 +367,11 @@ class _interrupts:
 
 
 def _create_parent(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
-                   source: sources.Source, options: SweepOptions) -> str:
+                   source: sources.Source, options: SweepOptions, backend: str) -> str:
     tags = tracking.base_tags(source.name, plan.entry_point)
     tags.update(source.git_tags)
     tags.update({TAG_SWEEP: "parent", TAG_FINGERPRINT: plan.fingerprint,
-                 tracking.TAG_BACKEND: "local"})
+                 tracking.TAG_BACKEND: backend})
     if options.sweep_file:
         tags[TAG_SWEEP_FILE] = options.sweep_file
     settings = {"sweep.method": plan.method, "sweep.trials": str(len(plan.trials))}

@@ -155,6 +155,35 @@ Domain = Union[Fixed, Values, IntUniform, Uniform]
 Discrete = Union[Values, IntUniform]
 
 
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where trials run (the sweep file's ``backend:`` and ``ray:`` keys, or --backend/--address).
+
+    ``resources`` are custom Ray resources as sorted (name, amount) pairs, so the value stays
+    hashable and compares equal after a JSON round trip.
+    """
+
+    name: str = "local"
+    address: str | None = None
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "num_cpus": self.num_cpus,
+                "num_gpus": self.num_gpus, "resources": dict(self.resources)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Backend:
+        return cls(name=str(data.get("name", "local")), address=data.get("address"),
+                   num_cpus=data.get("num_cpus"), num_gpus=data.get("num_gpus"),
+                   resources=tuple(sorted((str(k), float(v))
+                                          for k, v in (data.get("resources") or {}).items())))
+
+
 @dataclass(frozen=True)
 class Execution:
     """How the scheduler runs the trials; carried verbatim into the plan, never part of its identity."""
@@ -165,6 +194,16 @@ class Execution:
     retries: int = 0
     #: seconds
     timeout: float | None = None
+    backend: Backend = Backend()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**vars(self), "backend": self.backend.as_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Execution:
+        """Plans stored before backends existed have no ``backend``: they ran locally."""
+        rest = {k: v for k, v in data.items() if k != "backend"}
+        return cls(**rest, backend=Backend.from_dict(data.get("backend") or {}))
 
 
 @dataclass(frozen=True)
@@ -245,7 +284,7 @@ class Plan:
             "entry_point": self.entry_point, "method": self.method, "seed": self.seed,
             "version": self.version, "experiment": self.experiment,
             "env_manager": self.env_manager, "name": self.name,
-            "execution": vars(self.execution),
+            "execution": self.execution.as_dict(),
             "objective": None if self.objective is None else vars(self.objective),
             "notes": list(self.notes),
             "trials": [{"index": t.index, "key": t.key, "params": t.params} for t in self.trials],
@@ -266,7 +305,7 @@ class Plan:
             entry_point=data["entry_point"], method=data["method"], seed=data["seed"],
             version=data["version"], experiment=data["experiment"],
             env_manager=data["env_manager"], name=data["name"],
-            execution=Execution(**data["execution"]),
+            execution=Execution.from_dict(data["execution"]),
             objective=None if objective is None else Objective(**objective),
             notes=list(data["notes"]),
         )
@@ -328,6 +367,7 @@ def _unknown_keys(doc: YamlDoc, data: dict[Any, Any]) -> list[tuple[int, str]]:
 
     check(data, (), _known(), "the sweep file")
     check(data.get("objective"), ("objective",), _known("properties", "objective"), "objective")
+    check(data.get("ray"), ("ray",), _known("properties", "ray"), "ray")
     params = data.get("parameters")
     if isinstance(params, dict):
         generator = _known("$defs", "generator")
@@ -353,6 +393,9 @@ def _without_unknown(data: dict[Any, Any]) -> dict[Any, Any]:
     if isinstance(out.get("objective"), dict):
         keep = _known("properties", "objective")
         out["objective"] = {k: v for k, v in out["objective"].items() if str(k) in keep}
+    if isinstance(out.get("ray"), dict):
+        keep = _known("properties", "ray")
+        out["ray"] = {k: v for k, v in out["ray"].items() if str(k) in keep}
     if isinstance(out.get("parameters"), dict):
         keep = _known("$defs", "generator")
         out["parameters"] = {
@@ -443,10 +486,16 @@ def _spec_from_data(doc: YamlDoc, data: dict[str, Any], parameters: dict[str, Do
         execution=Execution(parallel=int(data.get("parallel", 1)),
                             on_failure=data.get("on_failure", "continue"),
                             max_failures=data.get("max_failures"), retries=int(data.get("retries", 0)),
-                            timeout=timeout),
+                            timeout=timeout, backend=_backend(data)),
         objective=None if objective is None else Objective(str(objective["metric"]), objective["goal"]),
         path=doc.path,
     )
+
+
+def _backend(data: dict[str, Any]) -> Backend:
+    """``backend: ray`` plus the ``ray:`` mapping; ``ray:`` alone does not switch the backend."""
+    ray = data.get("ray") or {}
+    return Backend.from_dict({"name": data.get("backend", "local"), **ray})
 
 
 def _combinations(raw: list[dict[Any, Any]] | None) -> tuple[dict[str, str], ...]:
