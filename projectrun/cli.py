@@ -187,10 +187,15 @@ def validate_cmd(uri: str, version: str | None, as_json: bool) -> None:
 @click.option("--experiment-id", help="Experiment id to record in.")
 @click.option("--env-manager", type=click.Choice(ENV_MANAGERS), help="Overrides the file's env_manager.")
 @click.option("--offline", is_flag=True, help="Git projects: use the clone cache without fetching.")
+@click.option("--backend", type=click.Choice(["local", "ray"]),
+              help="Where trials run (overrides the file's `backend`): this machine, or a Ray cluster.")
+@click.option("--address", metavar="ADDR",
+              help="Ray cluster to connect to (host:port, auto, ray://host:10001); default RAY_ADDRESS.")
 @click.option("--verbose", is_flag=True)
 def sweep_cmd(sweep_file: str, jobs: int | None, dry_run: bool, as_json: bool, as_csv: bool,
               resume: bool, resume_run: str | None, allow_changed: bool, experiment_name: str | None,
-              experiment_id: str | None, env_manager: str | None, offline: bool, verbose: bool) -> None:
+              experiment_id: str | None, env_manager: str | None, offline: bool,
+              backend: str | None, address: str | None, verbose: bool) -> None:
     """Run a matrix of trials from a sweep file under one MLflow parent run."""
     import os
 
@@ -200,13 +205,14 @@ def sweep_cmd(sweep_file: str, jobs: int | None, dry_run: bool, as_json: bool, a
     _sweep(spec, dry_run=dry_run, as_json=as_json, as_csv=as_csv, jobs=jobs,
            resume=resume_run or resume, allow_changed=allow_changed, experiment_name=experiment_name,
            experiment_id=experiment_id, env_manager=env_manager, offline=offline,
-           sweep_file=os.path.abspath(sweep_file), verbose=verbose)
+           sweep_file=os.path.abspath(sweep_file), verbose=verbose, backend=backend, address=address)
 
 
 def _sweep(spec: Any, *, dry_run: bool, as_json: bool, as_csv: bool, jobs: int | None,
            resume: bool | str, allow_changed: bool, experiment_name: str | None,
            experiment_id: str | None, env_manager: str | None, offline: bool,
-           sweep_file: str | None, verbose: bool) -> None:
+           sweep_file: str | None, verbose: bool, backend: str | None = None,
+           address: str | None = None) -> None:
     from projectrun import sweep, sweepplan
 
     if (as_json or as_csv) and not dry_run:
@@ -220,7 +226,8 @@ def _sweep(spec: Any, *, dry_run: bool, as_json: bool, as_csv: bool, jobs: int |
     options = sweep.SweepOptions(jobs=jobs, resume=resume, allow_changed=allow_changed,
                                  experiment_name=experiment_name, experiment_id=experiment_id,
                                  env_manager=env_manager, offline=offline, sweep_file=sweep_file,
-                                 verbose=verbose, progress=_progress())
+                                 verbose=verbose, progress=_progress(), backend=backend,
+                                 address=address)
     try:
         result = sweep.run_sweep(spec, options, _report)
     except sweep.SweepInterrupted as exc:
