@@ -282,49 +282,69 @@ class _Attempts:
 def _schedule(scheduler: schedulers.Scheduler, attempts: _Attempts, todo: list[sweepplan.Trial],
               jobs: int, stop: _Stop, results: dict[str, TrialResult], report: Reporter) -> None:
     """Keep ``jobs`` attempts in flight; retry failures; on a stop, cancel and drain."""
-    plan = attempts.plan
-    trials = {t.key: t for t in todo}
-    queue: deque[tuple[sweepplan.Trial, int]] = deque((t, 1) for t in todo)
-    started: dict[str, float] = {}
-    retrying: dict[str, TrialResult] = {}  # the failed attempt a queued retry replaces
-    cancelled = False
-
-    def record(res: TrialResult) -> None:
-        res.seconds = time.monotonic() - started.get(res.trial.key, time.monotonic())
-        results[res.trial.key] = res
-        _announce(res, len(results), len(plan.trials), report)
-        _count_failure(res, plan, results, stop)
-
-    while queue or scheduler.in_flight():
-        while queue and scheduler.in_flight() < jobs and not stop.event.is_set():
-            trial, attempt = queue.popleft()
-            started.setdefault(trial.key, time.monotonic())
-            try:
-                scheduler.submit(attempts.task(trial, attempt))
-            except ProjectRunError as exc:
-                res = retrying.pop(trial.key, TrialResult(trial, tracking.FAILED))
-                res.message = str(exc)
-                record(res)
+    loop = _Loop(scheduler, attempts, todo, stop, results, report)
+    while loop.queue or scheduler.in_flight():
+        while loop.queue and scheduler.in_flight() < jobs and not stop.event.is_set():
+            loop.submit_next()
         if stop.event.is_set():
-            if scheduler.in_flight() and not cancelled:
-                scheduler.cancel()
-                cancelled = True
-            for t, _attempt in queue:
-                results[t.key] = retrying.pop(t.key, TrialResult(t, "NOT_RUN"))
-            queue.clear()
+            loop.stop_all()
         for task, outcome in scheduler.completed(0.5):
-            outcome = attempts.settle(task, outcome)
-            trial = trials[task.key]
-            res = TrialResult(trial, outcome.status, outcome.run_id, attempts=task.attempt,
-                              message=outcome.message, node=outcome.node)
-            if outcome.status == tracking.FAILED and task.attempt <= plan.execution.retries \
-                    and not stop.event.is_set():
-                retrying[trial.key] = res
-                queue.appendleft((trial, task.attempt + 1))
-                continue
-            if plan.objective and res.status == tracking.FINISHED and res.run_id:
-                res.objective = _metric(attempts.tracker, res.run_id, plan.objective.metric)
-            record(res)
+            loop.take(task, attempts.settle(task, outcome))
+
+
+class _Loop:
+    """The scheduling state of one sweep run: what is queued, retried, and when each started."""
+
+    def __init__(self, scheduler: schedulers.Scheduler, attempts: _Attempts,
+                 todo: list[sweepplan.Trial], stop: _Stop, results: dict[str, TrialResult],
+                 report: Reporter) -> None:
+        self.scheduler, self.attempts, self.stop = scheduler, attempts, stop
+        self.results, self.report = results, report
+        self.trials = {t.key: t for t in todo}
+        self.queue: deque[tuple[sweepplan.Trial, int]] = deque((t, 1) for t in todo)
+        self.started: dict[str, float] = {}
+        self.retrying: dict[str, TrialResult] = {}  # the failed attempt a queued retry replaces
+        self.cancelled = False
+
+    def submit_next(self) -> None:
+        trial, attempt = self.queue.popleft()
+        self.started.setdefault(trial.key, time.monotonic())
+        try:
+            self.scheduler.submit(self.attempts.task(trial, attempt))
+        except ProjectRunError as exc:
+            res = self.retrying.pop(trial.key, TrialResult(trial, tracking.FAILED))
+            res.message = str(exc)
+            self.record(res)
+
+    def stop_all(self) -> None:
+        """Cancel what is in flight (once); what is queued will not run."""
+        if self.scheduler.in_flight() and not self.cancelled:
+            self.scheduler.cancel()
+            self.cancelled = True
+        for trial, _attempt in self.queue:
+            self.results[trial.key] = self.retrying.pop(trial.key, TrialResult(trial, "NOT_RUN"))
+        self.queue.clear()
+
+    def take(self, task: schedulers.TrialTask, outcome: schedulers.TrialOutcome) -> None:
+        plan = self.attempts.plan
+        trial = self.trials[task.key]
+        res = TrialResult(trial, outcome.status, outcome.run_id, attempts=task.attempt,
+                          message=outcome.message, node=outcome.node)
+        if outcome.status == tracking.FAILED and task.attempt <= plan.execution.retries \
+                and not self.stop.event.is_set():
+            self.retrying[trial.key] = res
+            self.queue.appendleft((trial, task.attempt + 1))  # retried before new trials start
+            return
+        if plan.objective and res.status == tracking.FINISHED and res.run_id:
+            res.objective = _metric(self.attempts.tracker, res.run_id, plan.objective.metric)
+        self.record(res)
+
+    def record(self, res: TrialResult) -> None:
+        plan = self.attempts.plan
+        res.seconds = time.monotonic() - self.started.get(res.trial.key, time.monotonic())
+        self.results[res.trial.key] = res
+        _announce(res, len(self.results), len(plan.trials), self.report)
+        _count_failure(res, plan, self.results, self.stop)
 
 
 def _count_failure(res: TrialResult, plan: sweepplan.Plan, results: dict[str, TrialResult],
