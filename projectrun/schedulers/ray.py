@@ -19,6 +19,7 @@ the worker's own projectrun cache builds the environment once per node under its
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -143,6 +144,12 @@ def _outcome(ref: Any, task: TrialTask) -> TrialOutcome:
                             lost=True)
 
 
+@functools.lru_cache(maxsize=4)
+def _tracker(uri: str) -> tracking.Tracker:
+    """One per store in each worker process: Ray reuses workers, so trials share the connection."""
+    return tracking.Tracker(uri)
+
+
 def _run_on_worker(task: TrialTask, shipped: bool) -> TrialOutcome:
     """The Ray task: run the attempt in a thread; a cancel (KeyboardInterrupt) stops it KILLED."""
     context = ray.get_runtime_context()
@@ -156,7 +163,7 @@ def _run_on_worker(task: TrialTask, shipped: bool) -> TrialOutcome:
 
     def work() -> None:
         try:
-            box.append(trial.run_trial(task, cancel))
+            box.append(trial.run_trial(task, cancel, tracker=_tracker(task.tracking_uri)))
         except BaseException as exc:  # noqa: BLE001 - handed to the driver as a lost attempt
             box.append(exc)
 
