@@ -37,7 +37,8 @@ def run(uri: str, entry_point: str = "main", parameters: dict[str, Any] | None =
 
 def run_sweep(path: str, **options: Any) -> SweepResult:
     """Run a sweep file, as ``projectrun sweep PATH`` does; options are SweepOptions fields
-    (jobs, resume, allow_changed, experiment_name, experiment_id, env_manager, offline, verbose)."""
+    (jobs, resume, allow_changed, experiment_name, experiment_id, env_manager, offline, verbose,
+    backend="ray", address="host:6379")."""
     import os
 
     from projectrun.sweep import SweepOptions

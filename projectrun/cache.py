@@ -4,14 +4,21 @@ An entry is ``<root>/envs/<kind>-<key>``. It counts as built only when its compl
 the marker is written after everything else and removed before anything else, so a build that was
 interrupted (Ctrl-C, SIGKILL, power loss) is never reused: the next builder, holding the lock,
 removes the leftover and builds again (compare pre-commit's ``repository._hook_install``).
+
+Every process that uses an entry holds a shared lock on its ``users`` file for its lifetime, so
+``remove`` and ``prune`` (which need it exclusively, without waiting) never delete an env under a
+running launch. ``envs verify`` checks entries file by file and flags a broken one; the next
+launch that needs it rebuilds it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +36,8 @@ MARKER = ".projectrun-complete"
 META = ".projectrun-meta.json"
 LAST_USED = ".projectrun-last-used"
 CACHEDIR_TAG = (
+#: written by ``envs verify`` into a broken entry: the next launch rebuilds it
+BROKEN = ".projectrun-broken"
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by projectrun.\n"
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
@@ -118,7 +127,8 @@ def get_or_build(kind: str, key: str, build: Builder, *, inputs: Any = None,
     rebuilds a usable entry too (``--build-image``).
     """
     path = entry_path(kind, key)
-    if not force and _unusable(path, health) is None:  # fast path: no lock for a cache hit
+    hold(kind, key)  # before the check: nothing may delete it between the check and the use
+    if not force and _unusable(path, health) is None:  # fast path: no build lock for a cache hit
         return _use(path, kind, key, built=False)
     with _locked(kind, key, report):
         reason = "a rebuild was asked for" if force else _unusable(path, health)
@@ -151,9 +161,20 @@ def _unusable(path: Path, health: HealthCheck | None) -> str | None:
     if not is_complete(path):
         return _NOT_BUILT
     return health(path) if health else None
+    flagged = broken_reason(path)
+    if flagged is not None:
+        return f"envs verify found it broken ({flagged})"
 
 
 def _use(path: Path, kind: str, key: str, *, built: bool) -> Built:
+def broken_reason(path: Path) -> str | None:
+    """What ``envs verify`` found wrong with this entry, if it flagged it."""
+    try:
+        return (path / BROKEN).read_text(encoding="utf-8").strip() or "broken"
+    except OSError:
+        return None
+
+
     """Stamp last-used (what ``prune`` looks at) and describe the entry."""
     stamp = path / LAST_USED
     try:
@@ -247,6 +268,68 @@ def _locked(kind: str, key: str, report: Reporter | None) -> Iterator[None]:
 
 
 @contextmanager
+_HELD: dict[str, int] = {}  # entry name -> fd holding its users lock (shared) in this process
+_HELD_LOCK = threading.Lock()
+
+
+def _users_path(kind: str, key: str) -> Path:
+    return _lock_path(kind, key).with_suffix(".users")
+
+
+def hold(kind: str, key: str) -> None:
+    """Mark the entry in use by this process until it exits: ``remove`` and ``prune`` skip it.
+
+    A shared flock, so any number of launches hold it at once; it waits only while a remove or
+    prune is deleting this very entry (after which the caller finds it gone and builds it)."""
+    name = f"{kind}-{key}"
+    with _HELD_LOCK:
+        if name in _HELD:
+            return
+        fd = os.open(_users_path(kind, key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        _HELD[name] = fd
+
+
+def release(kind: str, key: str) -> None:
+    """Give up this process's hold on an entry (it is about to remove it itself)."""
+    with _HELD_LOCK:
+        fd = _HELD.pop(f"{kind}-{key}", None)
+    if fd is not None:
+        os.close(fd)
+
+
+@contextmanager
+def _idle(kind: str, key: str) -> Iterator[bool]:
+    """The users lock exclusively, without waiting: yields False while any launch uses the entry.
+    This process's own hold does not count: it is the one removing the entry."""
+    release(kind, key)
+    fd = os.open(_users_path(kind, key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _removable(kind: str, key: str) -> Iterator[str | None]:
+    """Hold both locks without waiting; yields None, or why the entry must be left alone."""
+    with _try_locked(kind, key) as free:
+        if not free:
+            yield "it is being built by another projectrun"
+            return
+        with _idle(kind, key) as idle:
+            yield None if idle else "a running launch is using it"
+
+
 def _try_locked(kind: str, key: str) -> Iterator[bool]:
     """The per-key lock without waiting: yields False when someone holds it (building)."""
     from filelock import FileLock, Timeout
@@ -333,28 +416,58 @@ def find_entry(ref: str) -> Entry:
 def remove(ref: str) -> Entry:
     """Delete one entry by key or prefix; refuse while another process is building it."""
     entry = find_entry(ref)
-    with _try_locked(entry.kind, entry.key) as got:
-        if not got:
-            raise UsageError(f"{entry.name} is being built by another projectrun; try again later")
+    with _removable(entry.kind, entry.key) as busy:
+        if busy:
+            raise UsageError(f"{entry.name} is not removed: {busy}; try again when it is done")
         _remove_tree(entry.path)
     return entry
 
 
 def prune(older_than: float, *, dry_run: bool = False, now: float | None = None) -> list[Entry]:
+@dataclass(frozen=True)
+class Verdict:
+    """What ``envs verify`` found for one entry."""
+
+    entry: Entry
+    #: "ok", "broken" (flagged: the next launch rebuilds it), "incomplete" or "building"
+    state: str
+    reason: str = ""
+
+
+def verify(ref: str | None, check_for: Callable[[str], HealthCheck | None]) -> list[Verdict]:
+    """Check one entry (``ref``) or all with the full check of their kind, and flag broken ones
+    so the next launch that needs them rebuilds them (its cheap check sees the flag)."""
+    entries = [find_entry(ref)] if ref else list_entries(sizes=False)
+    return [_verdict(e, check_for(e.kind)) for e in entries]
+
+
+def _verdict(entry: Entry, check: HealthCheck | None) -> Verdict:
+    if not entry.complete:
+        return Verdict(entry, "incomplete", "an interrupted build (never used; prune removes it)")
+    with _try_locked(entry.kind, entry.key) as free:
+        if not free:
+            return Verdict(entry, "building", "another projectrun is rebuilding it")
+        reason = broken_reason(entry.path) or (check(entry.path) if check else None)
+        if reason is None:
+            return Verdict(entry, "ok")
+        _write_atomic(entry.path / BROKEN, reason + "\n")
+        return Verdict(entry, "broken", reason)
+
+
     """Remove entries unused for more than ``older_than`` seconds, and abandoned builds.
 
     An entry without its marker whose lock is free is a build that died; it is removed whatever
-    its age. Entries being built (lock held) are skipped. Returns what was (or would be) removed.
+    its age. Entries being built (lock held) or used by a running launch (users lock held) are
+    skipped. Returns what was (or would be) removed.
     """
     now = time.time() if now is None else now
     removed = []
     for entry in list_entries():
-        stale = not entry.complete or (now - (entry.last_used or entry.created or 0.0)) > older_than
-        if not stale:
+        if not _stale(entry, older_than, now):
             continue
-        with _try_locked(entry.kind, entry.key) as got:
-            if not got:
-                continue
+        with _removable(entry.kind, entry.key) as busy:
+            if busy or not _stale(_entry(entry.path, sizes=False), older_than, now):
+                continue  # busy, or used since it was listed
             if not dry_run:
                 _remove_tree(entry.path)
             removed.append(entry)
@@ -364,6 +477,10 @@ def prune(older_than: float, *, dry_run: bool = False, now: float | None = None)
 
 
 def _sweep_leftovers(base: Path) -> None:
+def _stale(entry: Entry, older_than: float, now: float) -> bool:
+    return not entry.complete or (now - (entry.last_used or entry.created or 0.0)) > older_than
+
+
     """``.trash-*`` dirs whose deletion was interrupted, and ``.tmp-*`` dirs of dead builders."""
     if not base.is_dir():
         return

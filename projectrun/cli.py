@@ -367,12 +367,20 @@ def envs_list(as_json: bool) -> None:
         click.echo(f"no cached environments in {cache.root() / 'envs'}")
         return
     _table(["kind", "key", "project", "size", "last used"],
-           [[e.kind, e.key + ("" if e.complete else " (incomplete)"), e.project or "-",
+           [[e.kind, e.key + _entry_state(e), e.project or "-",
              _size(e.size), _age(e.last_used or e.created)] for e in entries])
 
 
 @envs_group.command("remove")
 @click.argument("key")
+def _entry_state(entry: Any) -> str:
+    from projectrun import cache
+
+    if not entry.complete:
+        return " (incomplete)"
+    return " (broken)" if cache.broken_reason(entry.path) else ""
+
+
 def envs_remove(key: str) -> None:
     """Delete one cached environment (a key or an unambiguous prefix)."""
     from projectrun import cache
@@ -406,6 +414,30 @@ def envs_prune(older_than: str, dry_run: bool) -> None:
 
 @envs_group.command("build")
 @click.argument("uri", default=".")
+@envs_group.command("verify")
+@click.argument("key", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def envs_verify(key: str | None, as_json: bool) -> None:
+    """Check cached environments file by file (all, or KEY); exit 1 if one is broken.
+
+    A broken environment is flagged: the next launch that needs it rebuilds it."""
+    from projectrun import cache, envs
+
+    verdicts = cache.verify(key, envs.verifier)
+    if as_json:
+        click.echo(json.dumps([{"kind": v.entry.kind, "key": v.entry.key, "path": str(v.entry.path),
+                                "state": v.state, "reason": v.reason} for v in verdicts], indent=2))
+    else:  # one line each: a reason is a path and a sentence, too long for a table
+        for v in verdicts:
+            click.echo(f"{v.state.upper():<10} {v.entry.kind} {v.entry.key} "
+                       f"({v.entry.project or '-'})" + (f": {v.reason}" if v.reason else ""))
+    broken = sum(v.state == "broken" for v in verdicts)
+    click.echo(f"projectrun: {len(verdicts)} environment(s) checked, {broken} broken"
+               + (" (the next launch that needs one rebuilds it)" if broken else ""), err=True)
+    if broken:
+        sys.exit(1)
+
+
 @click.option("-v", "--version", "version", help="Git branch, tag or commit (git URIs).")
 @click.option("--env-manager", type=click.Choice(ENV_MANAGERS), help="Manager to build for.")
 @click.option("--verbose", is_flag=True)

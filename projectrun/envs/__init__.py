@@ -149,6 +149,16 @@ def release(manager: str, meta: Mapping[str, object]) -> None:
         hook(meta)
 
 
+def verifier(manager: str) -> Callable[[Path], str | None] | None:
+    """The full check (``envs verify``) of a cache entry of this kind, if the kind has one."""
+    target = KINDS.get(manager)
+    if target is None:
+        return None
+    check: Callable[[Path], str | None] | None = getattr(
+        importlib.import_module(target.split(":")[0]), "verify", None)
+    return check
+
+
 def get_kind(manager: str) -> EnvKind:
     """The kind for a manager, importing its module now (and only now)."""
     target = KINDS.get(manager)

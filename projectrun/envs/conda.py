@@ -226,6 +226,27 @@ def health_check(path: Path) -> str | None:
     return None
 
 
+def verify(path: Path) -> str | None:
+    """The full check behind ``envs verify``: every file the prefix's own records
+    (``conda-meta/*.json``) list is there, and so are those of the pip section's distributions."""
+    from projectrun.envs.python import missing_records
+
+    return health_check(path) or _missing_conda_files(path) or missing_records(path, "conda")
+
+
+def _missing_conda_files(prefix: Path) -> str | None:
+    for record in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            files = json.loads(record.read_text(encoding="utf-8")).get("files") or []
+        except (OSError, ValueError, AttributeError):
+            return f"{record} cannot be read"
+        missing = [f for f in files if not os.path.lexists(prefix / f)]
+        if missing:
+            return (f"{len(missing)} file(s) listed in conda-meta/{record.name} are missing, e.g. "
+                    f"{prefix / missing[0]}")
+    return None
+
+
 def current_platform() -> str:
     """conda's subdir name for this machine (linux-64, osx-arm64, ...), without importing rattler."""
     system = {"linux": "linux", "darwin": "osx", "win32": "win"}.get(sys.platform, sys.platform)

@@ -138,6 +138,50 @@ def health_check(path: Path) -> str | None:
 
 def build_venv(path: Path, spec: PythonEnvSpec, interp: interpreters.Interpreter, manager: str,
                project_dir: Path, uv: str | None, ctx: Context, key: str) -> None:
+def verify(path: Path) -> str | None:
+    """The full check behind ``envs verify``: the interpreter runs and every file the installed
+    distributions' RECORD files list is there (too slow for every launch: it stats every file)."""
+    return health_check(path) or missing_records(path)
+
+
+def missing_records(prefix: Path, skip_installer: str | None = None) -> str | None:
+    """Why the distributions under ``prefix`` are incomplete, or None.
+
+    Bytecode entries are not checked (Python rewrites a missing .pyc); ``skip_installer`` leaves
+    out distributions another tool owns (conda's own packages in a conda prefix)."""
+    for site in sorted(prefix.glob("lib/python*/site-packages")):
+        for dist in sorted(site.glob("*.dist-info")):
+            if skip_installer and _installer(dist) == skip_installer:
+                continue
+            problem = _dist_problem(site, dist)
+            if problem:
+                return problem
+    return None
+
+
+def _installer(dist: Path) -> str:
+    try:
+        return (dist / "INSTALLER").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _dist_problem(site: Path, dist: Path) -> str | None:
+    import csv
+
+    try:
+        with open(dist / "RECORD", encoding="utf-8", newline="") as fh:
+            listed = [row[0] for row in csv.reader(fh) if row and row[0]]
+    except OSError:
+        return f"{dist.name} has no RECORD file (its installation is incomplete)"
+    missing = [rel for rel in listed if not rel.endswith(".pyc")
+               and not os.path.lexists(os.path.normpath(site / rel))]
+    if not missing:
+        return None
+    return (f"{len(missing)} file(s) listed in {dist.name}/RECORD are missing, e.g. "
+            f"{os.path.normpath(site / missing[0])}")
+
+
     """Create the venv at ``path``, then install build dependencies, then dependencies."""
     count = len(spec.build_dependencies) + len(spec.dependencies)
     ctx.report(f"building python env {key} (python {interp.version}, {count} requirement"
