@@ -371,8 +371,6 @@ def envs_list(as_json: bool) -> None:
              _size(e.size), _age(e.last_used or e.created)] for e in entries])
 
 
-@envs_group.command("remove")
-@click.argument("key")
 def _entry_state(entry: Any) -> str:
     from projectrun import cache
 
@@ -381,6 +379,8 @@ def _entry_state(entry: Any) -> str:
     return " (broken)" if cache.broken_reason(entry.path) else ""
 
 
+@envs_group.command("remove")
+@click.argument("key")
 def envs_remove(key: str) -> None:
     """Delete one cached environment (a key or an unambiguous prefix)."""
     from projectrun import cache
@@ -412,8 +412,6 @@ def envs_prune(older_than: str, dry_run: bool) -> None:
     click.echo(f"{verb} {len(removed)} environment(s), {_size(total)}", err=True)
 
 
-@envs_group.command("build")
-@click.argument("uri", default=".")
 @envs_group.command("verify")
 @click.argument("key", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
@@ -438,6 +436,8 @@ def envs_verify(key: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+@envs_group.command("build")
+@click.argument("uri", default=".")
 @click.option("-v", "--version", "version", help="Git branch, tag or commit (git URIs).")
 @click.option("--env-manager", type=click.Choice(ENV_MANAGERS), help="Manager to build for.")
 @click.option("--verbose", is_flag=True)
