@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from projectrun import interrupts
 from projectrun.errors import EnvBuildError, UsageError
 
 HOME_ENV_VAR = "PROJECTRUN_HOME"
@@ -35,9 +36,9 @@ KEY_LENGTH = 16
 MARKER = ".projectrun-complete"
 META = ".projectrun-meta.json"
 LAST_USED = ".projectrun-last-used"
-CACHEDIR_TAG = (
 #: written by ``envs verify`` into a broken entry: the next launch rebuilds it
 BROKEN = ".projectrun-broken"
+CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by projectrun.\n"
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
@@ -130,7 +131,7 @@ def get_or_build(kind: str, key: str, build: Builder, *, inputs: Any = None,
     hold(kind, key)  # before the check: nothing may delete it between the check and the use
     if not force and _unusable(path, health) is None:  # fast path: no build lock for a cache hit
         return _use(path, kind, key, built=False)
-    with _locked(kind, key, report):
+    with interrupts.raising(), _locked(kind, key, report):  # SIGTERM too removes a half build
         reason = "a rebuild was asked for" if force else _unusable(path, health)
         if reason is None:  # another process built it while we waited
             return _use(path, kind, key, built=False)
@@ -160,13 +161,12 @@ def read_meta(path: Path) -> dict[str, Any]:
 def _unusable(path: Path, health: HealthCheck | None) -> str | None:
     if not is_complete(path):
         return _NOT_BUILT
-    return health(path) if health else None
     flagged = broken_reason(path)
     if flagged is not None:
         return f"envs verify found it broken ({flagged})"
+    return health(path) if health else None
 
 
-def _use(path: Path, kind: str, key: str, *, built: bool) -> Built:
 def broken_reason(path: Path) -> str | None:
     """What ``envs verify`` found wrong with this entry, if it flagged it."""
     try:
@@ -175,6 +175,7 @@ def broken_reason(path: Path) -> str | None:
         return None
 
 
+def _use(path: Path, kind: str, key: str, *, built: bool) -> Built:
     """Stamp last-used (what ``prune`` looks at) and describe the entry."""
     stamp = path / LAST_USED
     try:
@@ -267,7 +268,6 @@ def _locked(kind: str, key: str, report: Reporter | None) -> Iterator[None]:
         lock.release()
 
 
-@contextmanager
 _HELD: dict[str, int] = {}  # entry name -> fd holding its users lock (shared) in this process
 _HELD_LOCK = threading.Lock()
 
@@ -330,6 +330,7 @@ def _removable(kind: str, key: str) -> Iterator[str | None]:
             yield None if idle else "a running launch is using it"
 
 
+@contextmanager
 def _try_locked(kind: str, key: str) -> Iterator[bool]:
     """The per-key lock without waiting: yields False when someone holds it (building)."""
     from filelock import FileLock, Timeout
@@ -423,7 +424,6 @@ def remove(ref: str) -> Entry:
     return entry
 
 
-def prune(older_than: float, *, dry_run: bool = False, now: float | None = None) -> list[Entry]:
 @dataclass(frozen=True)
 class Verdict:
     """What ``envs verify`` found for one entry."""
@@ -454,6 +454,7 @@ def _verdict(entry: Entry, check: HealthCheck | None) -> Verdict:
         return Verdict(entry, "broken", reason)
 
 
+def prune(older_than: float, *, dry_run: bool = False, now: float | None = None) -> list[Entry]:
     """Remove entries unused for more than ``older_than`` seconds, and abandoned builds.
 
     An entry without its marker whose lock is free is a build that died; it is removed whatever
@@ -476,11 +477,11 @@ def _verdict(entry: Entry, check: HealthCheck | None) -> Verdict:
     return removed
 
 
-def _sweep_leftovers(base: Path) -> None:
 def _stale(entry: Entry, older_than: float, now: float) -> bool:
     return not entry.complete or (now - (entry.last_used or entry.created or 0.0)) > older_than
 
 
+def _sweep_leftovers(base: Path) -> None:
     """``.trash-*`` dirs whose deletion was interrupted, and ``.tmp-*`` dirs of dead builders."""
     if not base.is_dir():
         return

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from projectrun import __version__
 from projectrun.envs import MANAGERS as ENV_MANAGERS
 from projectrun.errors import EXIT_USAGE, ProjectRunError, SpecError
 from projectrun.errors import RunFailed as RunFailedError
+from projectrun.interrupts import Terminated
 
 
 class DefaultRunGroup(click.Group):
@@ -618,6 +620,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("projectrun: interrupted", err=True)
         return 130
+    except Terminated as exc:  # SIGTERM/SIGHUP outside a run (a build, a sweep's set-up)
+        click.echo(f"projectrun: stopped by {signal.Signals(exc.signum).name}", err=True)
+        return 128 + exc.signum
     except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback without --debug
         if debug:
             raise

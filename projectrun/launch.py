@@ -2,7 +2,10 @@
 
 The child gets a new session so a signal can stop its whole tree (a shell, python, any workers)
 with one ``killpg``; projectrun forwards SIGINT/SIGTERM/SIGHUP there, escalates to SIGKILL after a
-grace period, and reports which signal ended the run so the caller can mark it KILLED.
+grace period (``PROJECTRUN_KILL_GRACE``), and reports which signal ended the run so the caller can
+mark it KILLED. The handlers are in place before the child starts, so a signal that arrives while
+it starts still reaches it; a signal ignored when projectrun started stays ignored (see
+``interrupts``).
 """
 from __future__ import annotations
 
@@ -17,10 +20,29 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from projectrun import interrupts
 from projectrun.envs import Invocation
+from projectrun.errors import UsageError
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-GRACE_SECONDS = float(os.environ.get("PROJECTRUN_KILL_GRACE", "10"))
+GRACE_ENV_VAR = "PROJECTRUN_KILL_GRACE"
+DEFAULT_GRACE = 10.0
+
+
+def grace_seconds() -> float:
+    """Seconds between forwarding a signal and SIGKILL of the group (``PROJECTRUN_KILL_GRACE``).
+
+    Read when needed, not at import: a bad value must be a usage error, not a failed import."""
+    text = os.environ.get(GRACE_ENV_VAR, "").strip()
+    if not text:
+        return DEFAULT_GRACE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"{GRACE_ENV_VAR}={text}: give the grace period in seconds, e.g. "
+                         f"{GRACE_ENV_VAR}=10 (0 kills at once)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -79,65 +101,106 @@ def run(invocation: Invocation, log_path: Path, echo: bool = True,
             invocation.cleanup()
 
 
+class _Stopper:
+    """What stops the child: signals (forwarded, the second one as SIGKILL), a cancel from another
+    thread, a timeout; after the grace period the group is killed."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.received: list[int] = []  # signal numbers, in the order they arrived
+        self.timed_out = False
+        self.deliver: Any = None
+        self.deadline: float | None = None
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.deliver is not None:  # a second signal means "now": skip the grace period
+            self.deliver(signal.SIGKILL if len(self.received) > 1 else signum)
+
+    def attach(self, deliver: Any) -> None:
+        """The child exists now; a signal that came while it was starting is delivered at once."""
+        self.deliver = deliver
+        if self.received:
+            deliver(signal.SIGKILL if len(self.received) > 1 else self.received[0])
+
+    def check(self, cancel: threading.Event | None, timeout: float | None, started: float) -> None:
+        """Called while the child runs: start stopping it if asked to, escalate when it is late."""
+        if cancel is not None and cancel.is_set() and not self.received:
+            self.received.append(int(signal.SIGTERM))
+            self.deliver(signal.SIGTERM)
+        if timeout is not None and not self.timed_out and time.monotonic() - started > timeout:
+            self.timed_out = True
+            self.deliver(signal.SIGTERM)
+        self._escalate()
+
+    def _escalate(self) -> None:
+        now = time.monotonic()
+        if self.stopped and self.deadline is None:
+            self.deadline = now + self.grace
+        if self.deadline is not None and now > self.deadline:
+            self.deliver(signal.SIGKILL)
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.received) or self.timed_out
+
+
+def _install(handler: Any) -> dict[int, Any]:
+    """Our handler for each stopping signal (main thread only); ignored ones stay ignored."""
+    if not interrupts.in_main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in interrupts.stopping()}
+
+
+def _empty_group(pgid: int, grace: float) -> None:
+    """The shell may be gone while its children linger: the group must be empty."""
+    _killpg(pgid, signal.SIGTERM)
+    end = time.monotonic() + min(grace, 5)
+    while group_alive(pgid) and time.monotonic() < end:
+        time.sleep(0.05)
+    _killpg(pgid, signal.SIGKILL)
+
+
 def _run(invocation: Invocation, log_path: Path, echo: bool,
          cancel: threading.Event | None, timeout: float | None) -> Outcome:
-    received: list[int] = []  # signal numbers, in the order they arrived
-    timed_out = False
+    stopper = _Stopper(grace_seconds())
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            invocation.argv, cwd=invocation.cwd, env=invocation.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
-        pgid = proc.pid
-        deliver = invocation.stop or (lambda sig: _killpg(pgid, sig))
-        lock = threading.Lock()
-        out = sys.stdout.buffer if echo else None
-        err = sys.stderr.buffer if echo else None
-        pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, log, lock), daemon=True),
-                 threading.Thread(target=_pump, args=(proc.stderr, err, log, lock), daemon=True)]
-        for t in pumps:
-            t.start()
-
-        def forward(signum: int, _frame: FrameType | None) -> None:
-            # A second signal means "now": skip the grace period.
-            received.append(signum)
-            deliver(signal.SIGKILL if len(received) > 1 else signum)
-
-        previous: dict[int, Any] = {}
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
-            for sig in FORWARDED:
-                previous[sig] = signal.signal(sig, forward)
-        try:
-            deadline: float | None = None
+    # Handlers first: a signal while the child starts must still reach it, not orphan it.
+    previous = _install(stopper.on_signal)
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                invocation.argv, cwd=invocation.cwd, env=invocation.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            )
+            pgid = proc.pid
+            stopper.attach(invocation.stop or (lambda sig: _killpg(pgid, sig)))
+            pumps = _start_pumps(proc, log, echo)
             while proc.poll() is None:
-                if cancel is not None and cancel.is_set() and not received:
-                    received.append(int(signal.SIGTERM))
-                    deliver(signal.SIGTERM)
-                if timeout is not None and not timed_out and time.monotonic() - started > timeout:
-                    timed_out = True
-                    deliver(signal.SIGTERM)
-                    deadline = time.monotonic() + GRACE_SECONDS
-                if received and deadline is None:
-                    deadline = time.monotonic() + GRACE_SECONDS
-                if deadline is not None and time.monotonic() > deadline:
-                    deliver(signal.SIGKILL)
+                stopper.check(cancel, timeout, started)
                 try:
                     proc.wait(timeout=0.2)
                 except subprocess.TimeoutExpired:
                     pass
-            if received or timed_out:
-                # The shell may be gone while its children linger: the group must be empty.
-                _killpg(pgid, signal.SIGTERM)
-                end = time.monotonic() + min(GRACE_SECONDS, 5)
-                while group_alive(pgid) and time.monotonic() < end:
-                    time.sleep(0.05)
-                _killpg(pgid, signal.SIGKILL)
+            if stopper.stopped:
+                _empty_group(pgid, stopper.grace)
             for t in pumps:
                 t.join(timeout=5)
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-    return Outcome(proc.returncode, received[0] if received else None, timed_out and not received)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    first = stopper.received[0] if stopper.received else None
+    return Outcome(proc.returncode, first, stopper.timed_out and first is None)
+
+
+def _start_pumps(proc: subprocess.Popen[bytes], log: IO[bytes], echo: bool) -> list[threading.Thread]:
+    """Tee the child's stdout and stderr to ours (when echoing) and, interleaved, to the log."""
+    lock = threading.Lock()
+    out = sys.stdout.buffer if echo else None
+    err = sys.stderr.buffer if echo else None
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, log, lock), daemon=True),
+             threading.Thread(target=_pump, args=(proc.stderr, err, log, lock), daemon=True)]
+    for t in pumps:
+        t.start()
+    return pumps

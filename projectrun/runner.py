@@ -12,14 +12,12 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from projectrun import envs, liveness, params, sources, spec, tracking
+from projectrun import envs, interrupts, liveness, params, sources, spec, tracking
 from projectrun import launch as launch_mod
 from projectrun.errors import EnvBuildError, ProjectRunError, RunFailed, RunInterrupted, SourceError
 
@@ -136,6 +134,7 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
                                      f"check the URL's #subdirectory")
         entry_point = project.entry_point(request.entry_point)
         resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory)
+        launch_mod.grace_seconds()  # a bad PROJECTRUN_KILL_GRACE: one usage line, nothing recorded
         command = params.render_command(entry_point, resolved)
         manager = envs.select_manager(project, request.env_manager)
         envs.get_kind(manager).validate(project)  # env file problems: before any run exists
@@ -145,32 +144,6 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
         raise
     return Plan(request, source, project, entry_point, resolved, command, manager,
                 tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
-
-
-class _Terminated(BaseException):
-    """Raised from the SIGTERM/SIGHUP handler so cleanup runs as it does for Ctrl-C."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Outside the child's lifetime, SIGTERM/SIGHUP unwind the stack like Ctrl-C does."""
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise _Terminated(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def env_context(the_plan: Plan, report: Reporter, progress: ProgressFactory | None = None,
@@ -286,7 +259,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
     error: ProjectRunError | None = None
     pending_params: dict[str, str] = {}
     logging_done: Callable[[], None] | None = None
-    with _signals_raise():
+    with interrupts.raising():  # SIGTERM/SIGHUP unwind like Ctrl-C; the run still ends
         try:
             if request.run_id:
                 run_id = request.run_id  # MLflow logs neither params nor tags on a reused run
@@ -330,9 +303,9 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 status = tracking.KILLED
             else:
                 status = tracking.FINISHED if outcome.returncode == 0 else tracking.FAILED
-        except (KeyboardInterrupt, _Terminated) as exc:
+        except (KeyboardInterrupt, interrupts.Terminated) as exc:
             status = tracking.KILLED
-            signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
+            signum = exc.signum if isinstance(exc, interrupts.Terminated) else signal.SIGINT
             outcome = launch_mod.Outcome(128 + signum, signum)
         except ProjectRunError as exc:
             if not run_id:
@@ -396,14 +369,11 @@ def _in_background(fn: Callable[..., object], *args: object) -> Callable[[], Non
 
 def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, silent: bool,
             report: Reporter, announce: bool = True) -> bool:
-    """Upload the log and end the run; survive a second Ctrl-C so the run never stays RUNNING.
+    """Upload the log and end the run; survive a second Ctrl-C or SIGTERM so the run never stays
+    RUNNING.
 
     Returns whether the log reached the store (if not, the local copy must be kept)."""
-    old = signal.getsignal(signal.SIGINT)
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with interrupts.deferred():
         uploaded = True
         if not silent:  # no output, nothing worth keeping
             try:
@@ -415,6 +385,3 @@ def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path,
         if announce:
             report(f"run {run_id} {status}")
         return uploaded
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, old)

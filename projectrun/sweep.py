@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from projectrun import (
     envs,
     gitinfo,
+    interrupts,
+    launch,
     runner,
     schedulers,
     sources,
@@ -119,6 +121,7 @@ class _Stop:
 def run_sweep(sweep_spec: sweepplan.SweepSpec, options: SweepOptions, report: Reporter = _stderr) -> SweepResult:
     """Plan (or read back) the sweep, check it against the entry point, and run it to the end."""
     plan = sweepplan.expand(sweep_spec)
+    launch.grace_seconds()  # a bad PROJECTRUN_KILL_GRACE: one usage line before any trial
     source = sources.resolve(plan.project, plan.version, offline=options.offline, report=report)
     try:
         return _run(plan, source, options, report)
@@ -378,7 +381,7 @@ class _interrupts:
         def handler(signum: int, _frame: Any) -> None:
             self.stop.set(f"received {signal.Signals(signum).name}", signum)
 
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in interrupts.stopping():  # ignored ones (nohup, a script's `&`) stay ignored
             self.previous[sig] = signal.signal(sig, handler)
 
     def __exit__(self, *exc: object) -> None:

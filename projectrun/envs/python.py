@@ -11,11 +11,13 @@ venvs have pip (``python -m venv``), ``uv`` venvs do not (``uv venv``); projectr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,8 +138,6 @@ def health_check(path: Path) -> str | None:
     return None if result.returncode == 0 else f"{python} exits with code {result.returncode}"
 
 
-def build_venv(path: Path, spec: PythonEnvSpec, interp: interpreters.Interpreter, manager: str,
-               project_dir: Path, uv: str | None, ctx: Context, key: str) -> None:
 def verify(path: Path) -> str | None:
     """The full check behind ``envs verify``: the interpreter runs and every file the installed
     distributions' RECORD files list is there (too slow for every launch: it stats every file)."""
@@ -182,6 +182,8 @@ def _dist_problem(site: Path, dist: Path) -> str | None:
             f"{os.path.normpath(site / missing[0])}")
 
 
+def build_venv(path: Path, spec: PythonEnvSpec, interp: interpreters.Interpreter, manager: str,
+               project_dir: Path, uv: str | None, ctx: Context, key: str) -> None:
     """Create the venv at ``path``, then install build dependencies, then dependencies."""
     count = len(spec.build_dependencies) + len(spec.dependencies)
     ctx.report(f"building python env {key} (python {interp.version}, {count} requirement"
@@ -241,7 +243,10 @@ def install_args(lines: Sequence[str]) -> list[str]:
 
 def run_step(command: list[str], cwd: Path, what: str, ctx: Context) -> None:
     """Run an installer step, its output to the run's log (and stderr with --verbose); kill it
-    if we are interrupted."""
+    and everything it started (a PEP 517 build backend, a compiler) if we are interrupted.
+
+    The installer runs in its own session so one killpg reaches its whole tree: killing uv alone
+    left its build backend running, still writing into the venv being deleted."""
     if ctx.verbose:
         ctx.report(f"running: {shlex.join(command)} (in {cwd})")
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "PIP_NO_INPUT": "1"}
@@ -250,7 +255,7 @@ def run_step(command: list[str], cwd: Path, what: str, ctx: Context) -> None:
     try:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace")
+                                errors="replace", start_new_session=True)
     except OSError as exc:
         raise EnvBuildError(f"{what} failed: cannot run {command[0]}: {exc.strerror}") from None
     try:
@@ -261,9 +266,20 @@ def run_step(command: list[str], cwd: Path, what: str, ctx: Context) -> None:
         code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted: stop the installer before the venv is deleted
-            proc.kill()
-            proc.wait()
+            kill_tree(proc)
     if code != 0:
         last = next((t.strip() for t in reversed(tail) if t.strip()), "no output")
         raise EnvBuildError(f"{what} failed ({shlex.join(command[:4])} ... exited with code {code}): "
                             f"{last}")
+
+
+def kill_tree(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the process group ``proc`` leads and wait (bounded) until none of it is left."""
+    from projectrun.launch import group_alive
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
