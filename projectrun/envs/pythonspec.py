@@ -15,12 +15,14 @@ from typing import Any
 
 from projectrun.errors import SpecError
 from projectrun.spec import CONDA_ENV, PYTHON_ENV, Project
-from projectrun.yamlfile import YamlDoc, load_yaml, schema_problems
+from projectrun.yamlfile import YamlDoc, load_yaml, read_regular, schema_problems
 
 #: MLflow's ``_CONDA_DEPENDENCY_REGEX`` (mlflow/utils/environment.py), plus ``python=3.10.*``.
 _CONDA_DEP = re.compile(r"^(?P<package>python|pip|setuptools|wheel)"
                         r"(?P<operator><|>|<=|>=|=|==|!=)?(?P<version>[\d.]+?)?(?:\.\*)?$")
 _KEYS = ("python", "build_dependencies", "dependencies")
+#: Most -r / -c files followed for one environment (they nest, and each level recurses).
+MAX_FILES = 100
 _FILE_OPTIONS = {"-r": "requirements", "--requirement": "requirements",
                  "-c": "constraints", "--constraint": "constraints"}
 
@@ -105,8 +107,8 @@ def _python_number_problems(doc: YamlDoc) -> list[str]:
 
 def _raw_value(path: Path, line: int) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8").splitlines()[line - 1]
-    except (OSError, IndexError):
+        text = read_regular(path).decode("utf-8").splitlines()[line - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
         return None
     match = re.search(r"python\s*:\s*([^\s#]+)", text)
     return match.group(1) if match else None
@@ -127,14 +129,18 @@ def _files_of(doc: YamlDoc, keys: tuple[str, ...], base: Path) -> list[FileRef]:
 def _follow(line: str, base: Path, where: str, found: list[FileRef]) -> None:
     """Record the file a ``-r`` / ``-c`` line names, then the files it names in turn."""
     for option, written in _file_options(line):
-        target = (base / written).resolve()
-        if any(ref.path == target for ref in found):
-            continue  # already counted (or a cycle)
         try:
-            data = target.read_bytes()
-        except OSError as exc:
+            target = (base / written).resolve()
+            if any(ref.path == target for ref in found):
+                continue  # already counted (or a cycle)
+            data = read_regular(target)
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL in the name, a symlink loop
+            reason = getattr(exc, "strerror", None) or exc
             raise SpecError([(f"{where}: {_FILE_OPTIONS[option]} file '{written}' cannot be read "
-                              f"({exc.strerror}); it is looked for relative to {base}")]) from None
+                              f"({reason}); it is looked for relative to {base}")]) from None
+        if len(found) >= MAX_FILES:
+            raise SpecError([(f"{where}: more than {MAX_FILES} requirements and constraints "
+                              f"files are named (nested -r/-c lines); merge some of them")])
         found.append(FileRef(target, written, hashlib.sha256(data).hexdigest()))
         text = data.decode("utf-8", errors="replace").replace("\\\n", "")
         for number, nested in enumerate(text.splitlines(), start=1):
@@ -168,9 +174,13 @@ def from_conda_yaml(path: Path, base: Path) -> PythonEnvSpec:
     the ``pip:`` list -> dependencies; every other conda package dropped with a warning."""
     doc = load_yaml(path)
     data = doc.data if isinstance(doc.data, dict) else {}
+    listed = data.get("dependencies") or []
+    if not isinstance(listed, list):
+        raise SpecError([(f"{doc.where(('dependencies',))}: 'dependencies' must be a list of "
+                          f"conda packages and {{pip: [...]}}, got {type(listed).__name__}")])
     python, build, deps, dropped, problems = None, [], [], [], []
     deps_index = None
-    for index, dep in enumerate(data.get("dependencies") or ()):
+    for index, dep in enumerate(listed):
         where = doc.where(("dependencies", index))
         if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
             deps, deps_index = [str(d) for d in dep["pip"]], index
