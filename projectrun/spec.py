@@ -246,16 +246,36 @@ def _environment(doc: YamlDoc, directory: Path,
         return DOCKER_ENV, None, DockerEnv(image, tuple(docker.get("volumes") or ()), env, dockerfile)
     for key in (PYTHON_ENV, CONDA_ENV):
         if value := data.get(key):
-            env_file = directory / value
-            if not env_file.exists():
-                raise SpecError([f"{doc.where((key,))}: {key} file '{value}' was not found in "
-                                 f"{directory}; create it or fix the path"])
-            return key, env_file, None
-    if (directory / DEFAULT_PYTHON_ENV_FILE).exists():
-        return PYTHON_ENV, directory / DEFAULT_PYTHON_ENV_FILE, None
-    if (directory / DEFAULT_CONDA_FILE).exists():
-        return CONDA_ENV, directory / DEFAULT_CONDA_FILE, None
+            return key, _env_file(doc.where((key,)), directory, key, str(value)), None
+    for key, name in ((PYTHON_ENV, DEFAULT_PYTHON_ENV_FILE), (CONDA_ENV, DEFAULT_CONDA_FILE)):
+        if (directory / name).exists():
+            return key, _env_file(str(directory / name), directory, key, name), None
     return None, None, None
+
+
+def _env_file(where: str, directory: Path, key: str, written: str) -> Path:
+    """The env file an MLproject names. An absolute path is taken as written (MLflow joins with
+    os.path.join, so it works there), but a relative one must stay inside the project once
+    symlinks are followed: a project (maybe a git URL) must not make us read ``../../etc/...``."""
+    env_file = directory / written
+    try:
+        target = os.path.realpath(env_file)
+        exists = env_file.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
+        raise SpecError([f"{where}: {key} file {written!r} is not a usable path ({exc})"]) from None
+    if not os.path.isabs(written) and not _inside(target, directory):
+        raise SpecError([(f"{where}: {key} file '{written}' is outside the project {directory} "
+                          f"(it resolves to {target}); keep it in the project, or write its "
+                          f"absolute path if you mean that file")])
+    if not exists:
+        raise SpecError([(f"{where}: {key} file '{written}' was not found in {directory}; "
+                          f"create it or fix the path")])
+    return env_file
+
+
+def _inside(target: str, directory: Path) -> bool:
+    top = os.path.realpath(directory)
+    return target == top or target.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def _dockerfile(doc: YamlDoc, directory: Path, written: Any, image: str) -> Path | None:
