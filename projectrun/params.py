@@ -75,11 +75,14 @@ def local_path(value: str) -> str | None:
 
 
 def resolve(entry_point: EntryPoint, given: dict[str, str], cwd: Path | None = None,
-            project_dir: Path | None = None) -> ResolvedParams:
+            project_dir: Path | None = None, root: Path | None = None) -> ResolvedParams:
     """Check every value and fill defaults; every problem is reported in one error.
 
     Local ``path`` values are made absolute from ``cwd`` as MLflow does; a default that does not
     exist there but does in ``project_dir`` is taken from the project (MLflow would fail instead).
+    ``root`` (a git checkout) bounds that lookup: a default the project's author wrote cannot
+    reach outside the checkout (``../../..`` past its top), while paths the user gives with -P are
+    theirs, relative to ``cwd`` or absolute.
     """
     cwd = cwd or Path.cwd()
     problems: list[str] = []
@@ -105,22 +108,43 @@ def resolve(entry_point: EntryPoint, given: dict[str, str], cwd: Path | None = N
             if param.type == "uri" and (problem := type_problem(param, value)):
                 problems.append(f"{source}: {problem}")
                 continue
+        if "\0" in value:
+            problems.append(f"{source!r}: contains a NUL character, which no command line can carry")
+            continue
         logged[name] = value
         if param.type == "path" and (local := local_path(value)) is not None:
             bases = [cwd] if name in given or project_dir is None else [cwd, project_dir]
-            found = next((b / local for b in bases if os.path.exists(b / local)), None)
-            if found is None:
-                where = " or ".join(str(b) for b in bases)
-                problems.append(f"{source}: '{name}' is a path parameter but {local} does not "
-                                f"exist (relative paths are taken from {where})")
+            found, problem = _find_path(name, local, bases, root)
+            if problem:
+                problems.append(f"{source}: {problem}")
                 continue
-            value = os.path.abspath(found)
+            value = found
         values[name] = value
     if problems:
         raise ParameterError("\n".join(problems))
     extras = {k: v for k, v in given.items() if k not in entry_point.parameters}
     logged.update(extras)
     return ResolvedParams(values=values, extras=extras, logged=logged)
+
+
+def _find_path(name: str, local: str, bases: list[Path], root: Path | None) -> tuple[str, str | None]:
+    """(absolute path, None), or ("", why not): the first base where ``local`` exists."""
+    for base in bases:
+        candidate = base / local
+        if not os.path.exists(candidate):
+            continue
+        if root is not None and base is bases[-1] and len(bases) > 1 and not _inside(candidate, root):
+            return "", (f"'{name}' is a path parameter whose default {local} points outside the "
+                        f"project's checkout; pass -P {name}=PATH to use a file elsewhere")
+        return os.path.abspath(candidate), None
+    where = " or ".join(str(b) for b in bases)
+    return "", (f"'{name}' is a path parameter but {local} does not exist (relative paths are "
+                f"taken from {where})")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    resolved, top = path.resolve(), root.resolve()
+    return resolved == top or top in resolved.parents
 
 
 def render_command(entry_point: EntryPoint, params: ResolvedParams) -> str:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from projectrun import envs, interrupts, liveness, params, sources, spec, tracking
 from projectrun import launch as launch_mod
-from projectrun.errors import EnvBuildError, ProjectRunError, RunFailed, RunInterrupted, SourceError
+from projectrun.errors import (
+    EnvBuildError,
+    ProjectRunError,
+    RunFailed,
+    RunInterrupted,
+    SourceError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from projectrun.progress import Progress
@@ -133,7 +140,10 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
             raise SourceError(f"{request.uri}{at}: no MLproject file {where}; "
                                      f"check the URL's #subdirectory")
         entry_point = project.entry_point(request.entry_point)
-        resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory)
+        if not entry_point.declared:
+            _check_script(request.entry_point, project.directory)
+        resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory,
+                                  source.root)
         launch_mod.grace_seconds()  # a bad PROJECTRUN_KILL_GRACE: one usage line, nothing recorded
         command = params.render_command(entry_point, resolved)
         manager = envs.select_manager(project, request.env_manager)
@@ -144,6 +154,17 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
         raise
     return Plan(request, source, project, entry_point, resolved, command, manager,
                 tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
+
+
+def _check_script(script: str, directory: Path) -> None:
+    """``-e path/to/x.py`` runs a script of the project: a relative path may not leave it."""
+    if os.path.isabs(script):
+        return  # the user asked for exactly this file
+    target = (directory / script).resolve()
+    top = directory.resolve()
+    if top != target and top not in target.parents:
+        raise UsageError(f"-e {script}: the script is outside the project directory {directory}; "
+                         f"give a path inside it, or an absolute path")
 
 
 def env_context(the_plan: Plan, report: Reporter, progress: ProgressFactory | None = None,

@@ -29,6 +29,8 @@ class Source:
     kind: str = "local"
     #: removes the per-launch work tree of a git source; call it when the launch is over
     cleanup: Callable[[], None] | None = None
+    #: a git source's checkout: what the project's own relative paths may not leave
+    root: Path | None = None
 
     def close(self) -> None:
         if self.cleanup is not None:
@@ -88,7 +90,7 @@ def resolve_git(uri: str, version: str | None, *, offline: bool, report: Report)
     if co.branch_tag:
         tags[gitinfo.TAG_GIT_BRANCH] = co.branch_tag
     return Source(directory=co.directory, name=gitinfo.strip_credentials(uri), git_tags=tags,
-                  kind="git", cleanup=co.cleanup)
+                  kind="git", cleanup=co.cleanup, root=co.worktree)
 
 
 def resolve(uri: str, version: str | None = None, *, offline: bool = False,
