@@ -56,16 +56,30 @@ def type_problem(param: Parameter, value: str) -> str | None:
     elif param.type == "int":
         if not _INT.match(value):
             return f"'{param.name}' is an int parameter; give a whole number like 10"
-    elif param.type == "uri":
-        if not urllib.parse.urlparse(value).scheme:
+    elif param.type in ("uri", "path"):
+        parsed = _urlparse(value)
+        if parsed is None:
+            return (f"'{param.name}' is a {param.type} parameter but {value!r} is not a valid URL "
+                    f"(an unbalanced '[' or ']' in its host)")
+        if param.type == "uri" and not parsed.scheme:
             return (f"'{param.name}' is a uri parameter and needs a scheme, "
                     f"e.g. s3://bucket/key or file:///abs/path (use type path for local files)")
     return None
 
 
+def _urlparse(value: str) -> urllib.parse.ParseResult | None:
+    """urlparse, or None where it raises (``http://[``: ValueError, an internal error otherwise)."""
+    try:
+        return urllib.parse.urlparse(value)
+    except ValueError:
+        return None
+
+
 def local_path(value: str) -> str | None:
     """The local file a ``path`` value names, or None for remote URIs (s3://, runs:/, http://...)."""
-    parsed = urllib.parse.urlparse(value)
+    parsed = _urlparse(value)
+    if parsed is None:  # not a URL MLflow could download either; taken as written
+        return None
     if not parsed.scheme or len(parsed.scheme) == 1:  # len 1: a Windows drive letter
         # MLflow reads even a plain path through url2pathname (unquote on POSIX): 'a%20b' is 'a b'.
         return urllib.parse.unquote(value)

@@ -426,7 +426,10 @@ def _coerce_numbers(data: Any) -> Any:
 
 
 def _is_url(uri: str) -> bool:
-    scheme = urllib.parse.urlparse(uri).scheme
+    try:
+        scheme = urllib.parse.urlparse(uri).scheme
+    except ValueError:  # 'http://[': meant as a URL; resolving the source says what is wrong
+        return True
     return len(scheme) > 1 or bool(re.match(r"^[\w.-]+@[\w.-]+:", uri))
 
 
