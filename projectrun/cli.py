@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from projectrun import __version__
+from projectrun import __version__, redact
 from projectrun.envs import MANAGERS as ENV_MANAGERS
 from projectrun.errors import EXIT_USAGE, ProjectRunError, SpecError
 from projectrun.errors import RunFailed as RunFailedError
@@ -129,14 +129,14 @@ def run_cmd(uri: str, entry_point: str, version: str | None, param_list: tuple[s
         the_plan.source.close()
         doc = the_plan.as_dict()
         if as_json:
-            click.echo(json.dumps(doc, indent=2))
+            click.echo(redact.text(json.dumps(doc, indent=2)))
         else:
-            click.echo(f"command:     {doc['command']}")
+            click.echo(redact.text(f"command:     {doc['command']}"))
             click.echo(f"cwd:         {doc['cwd']}")
             click.echo(f"entry point: {doc['entry_point']}")
             click.echo(f"env manager: {doc['env_manager']}")
             for k, v in doc["params"].items():
-                click.echo(f"param:       {k}={v}")
+                click.echo(redact.text(f"param:       {k}={v}"))
         return
     runner.launch(request, _report, _progress())
 
@@ -531,13 +531,13 @@ def sources_list(as_json: bool) -> None:
 
     mirrors = gitsource.list_mirrors()
     if as_json:
-        click.echo(json.dumps(mirrors, indent=2, default=str))
+        click.echo(redact.text(json.dumps(mirrors, indent=2, default=str)))
         return
     if not mirrors:
         click.echo(f"no cached git mirrors in {gitsource.mirrors_dir()}")
         return
     _table(["key", "url", "size", "last fetched", "last used"],
-           [[m["key"], m["url"], _size(m.get("size")), _age(m.get("fetched")), _age(m.get("used"))]
+           [[m["key"], redact.text(m["url"]), _size(m.get("size")), _age(m.get("fetched")), _age(m.get("used"))]
             for m in mirrors])
 
 
@@ -566,7 +566,7 @@ def sources_prune(older_than: str, dry_run: bool) -> None:
 
 
 def _report(message: str) -> None:
-    click.echo(f"projectrun: {message}", err=True)
+    click.echo(f"projectrun: {redact.text(message)}", err=True)
 
 
 def _progress() -> Any:
@@ -597,13 +597,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI, turn every error into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    for arg in args:  # a token in a git URL is masked in every message, even a usage error
+        redact.register_url(arg)
     try:
         cli.main(args=args, prog_name="projectrun", standalone_mode=False)
     except ProjectRunError as exc:
         if debug:
             raise
         for line in str(exc).splitlines() or [type(exc).__name__]:
-            click.echo(f"projectrun: error: {line}", err=True)
+            click.echo(f"projectrun: error: {redact.text(line)}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("projectrun: aborted", err=True)
@@ -611,7 +613,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         if debug:
             raise
-        click.echo(f"projectrun: error: {exc.format_message()}", err=True)
+        click.echo(f"projectrun: error: {redact.text(exc.format_message())}", err=True)
         return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -626,8 +628,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback without --debug
         if debug:
             raise
-        click.echo(f"projectrun: internal error: {type(exc).__name__}: {exc} "
-                   f"(rerun with --debug for a traceback, and please report it)", err=True)
+        click.echo(redact.text(f"projectrun: internal error: {type(exc).__name__}: {exc} "
+                               f"(rerun with --debug for a traceback, and please report it)"),
+                   err=True)
         return 3
     return 0
 

@@ -30,8 +30,9 @@ def toplevel(path: Path) -> Path | None:
 
 
 def strip_credentials(url: str) -> str:
-    """Drop ``user:token@`` from a URL before it is stored as a tag."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.I)
+    """Drop ``user:token@`` from a URL before it is stored as a tag (up to the last ``@`` of the
+    authority: a password may hold an unencoded ``@``, as git and curl accept)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", r"\1", url, flags=re.IGNORECASE)
 
 
 def describe(directory: Path) -> tuple[str, dict[str, str]]:

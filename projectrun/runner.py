@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from projectrun import envs, interrupts, liveness, params, sources, spec, tracking
+from projectrun import envs, interrupts, liveness, params, redact, sources, spec, tracking
 from projectrun import launch as launch_mod
 from projectrun.errors import (
     EnvBuildError,
@@ -36,7 +36,7 @@ ProgressFactory = Callable[[str], "Progress"]
 
 
 def _stderr(message: str) -> None:
-    print(f"projectrun: {message}", file=sys.stderr, flush=True)
+    print(f"projectrun: {redact.text(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -128,6 +128,7 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
     (and closes it itself).
     """
     owned = source is None
+    redact.register_url(request.uri)  # its token is masked wherever it would be printed
     if source is None:
         source = sources.resolve(request.uri, request.version, offline=request.offline, report=report)
     try:
@@ -184,7 +185,7 @@ def _log_writer(log_path: Path) -> Reporter:
         with open(log_path, "a", encoding="utf-8", errors="replace") as fh:
             fh.write(line + "\n")
 
-    return write
+    return redact.writer(write)  # installers print index URLs: no credentials in the artifact
 
 
 def _child_env(run_id: str, experiment_id: str, tracking_uri: str) -> dict[str, str]:
@@ -285,8 +286,9 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if request.run_id:
                 run_id = request.run_id  # MLflow logs neither params nor tags on a reused run
             else:
-                run_id = tracker.create_run(experiment_id, tags, {}, request.run_name)
-                pending_params = the_plan.params.logged  # logged with the env tags: one call less
+                run_id = tracker.create_run(experiment_id, redact.mapping(tags), {}, request.run_name)
+                # logged with the env tags: one call less
+                pending_params = redact.mapping(the_plan.params.logged)
             if request.echo:
                 report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
@@ -305,7 +307,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 extra_tags.update(request.tags)  # a scheduler's additions (the node running it)
                 extra_tags.update(liveness.launcher_tags())  # a continued run is ours now
             logging_done = _in_background(_log_and_reconcile, tracker, run_id, experiment_id,
-                                          pending_params, extra_tags, report)
+                                          pending_params, redact.mapping(extra_tags), report)
             pending_params = {}
             storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
             values = _download_remote_paths(the_plan, storage / "params")
@@ -339,7 +341,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 except ProjectRunError:
                     pass
             with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(f"projectrun: error: {exc}\n")
+                fh.write(f"projectrun: error: {redact.text(str(exc))}\n")
         finally:
             if logging_done is not None:  # interrupted before it was awaited: still wait for it
                 try:
