@@ -505,6 +505,10 @@ def runs_reconcile(experiment_name: str | None, experiment_id: str | None, dry_r
         ids = [tracker.experiment_id(experiment_name, experiment_id)]
     else:
         ids = [str(e.experiment_id) for e in tracker.client.search_experiments()]
+    if not dry_run:
+        from projectrun import spool
+
+        spool.replay(tracker, _report)  # runs that ended while the store was down, first
     found = [f for exp in ids for f in reconcile.reconcile(tracker, exp, dry_run=dry_run)]
     if as_json:
         click.echo(json.dumps([f.__dict__ for f in found], indent=2))

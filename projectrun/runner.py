@@ -25,6 +25,7 @@ from projectrun.errors import (
     RunFailed,
     RunInterrupted,
     SourceError,
+    TrackingError,
     UsageError,
 )
 
@@ -280,6 +281,8 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
     outcome = launch_mod.Outcome(1)
     error: ProjectRunError | None = None
     pending_params: dict[str, str] = {}
+    #: params and tags the store did not take (kept in the spool with the final status)
+    unsent: dict[str, dict[str, str]] = {"params": {}, "tags": {}}
     logging_done: Callable[[], None] | None = None
     with interrupts.raising():  # SIGTERM/SIGHUP unwind like Ctrl-C; the run still ends
         try:
@@ -307,7 +310,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 extra_tags.update(request.tags)  # a scheduler's additions (the node running it)
                 extra_tags.update(liveness.launcher_tags())  # a continued run is ours now
             logging_done = _in_background(_log_and_reconcile, tracker, run_id, experiment_id,
-                                          pending_params, redact.mapping(extra_tags), report)
+                                          pending_params, redact.mapping(extra_tags), report, unsent)
             pending_params = {}
             storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
             values = _download_remote_paths(the_plan, storage / "params")
@@ -339,7 +342,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 try:
                     tracker.log_params(run_id, pending_params)
                 except ProjectRunError:
-                    pass
+                    unsent["params"].update(pending_params)
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"projectrun: error: {redact.text(str(exc))}\n")
         finally:
@@ -351,7 +354,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             # decided before the temp log dir is removed below
             silent = not log_path.exists() or log_path.stat().st_size == 0
             uploaded = bool(run_id) and _finish(tracker, run_id, status, log_path, silent, report,
-                                                request.echo)
+                                                request.echo, unsent)
             if not keep_log and (uploaded or not run_id):
                 shutil.rmtree(log_dir, ignore_errors=True)
     return RunResult(run_id, experiment_id, status, outcome.returncode,
@@ -360,12 +363,20 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
 
 
 def _log_and_reconcile(tracker: tracking.Tracker, run_id: str, experiment_id: str,
-                       params: dict[str, str], tags: dict[str, str], report: Reporter) -> None:
-    """Off the critical path: the run's params and env tags, then end abandoned runs of the
-    experiment (launchers killed before they could)."""
-    from projectrun import reconcile
+                       params: dict[str, str], tags: dict[str, str], report: Reporter,
+                       unsent: dict[str, dict[str, str]]) -> None:
+    """Off the critical path: the run's params and env tags; then what earlier launches kept in
+    the spool while this store was down; then end abandoned runs of the experiment."""
+    from projectrun import reconcile, spool
 
-    tracker.log_batch(run_id, params, tags)
+    try:
+        tracker.log_batch(run_id, params, tags)
+    except ProjectRunError as exc:  # the store went away: keep them for the spool
+        unsent["params"].update(params)
+        unsent["tags"].update(tags)
+        report(f"warning: {exc}; retrying when the run ends")
+        return
+    spool.replay(tracker, report)
     reconcile.quietly(tracker, experiment_id, {run_id}, report)
 
 
@@ -391,7 +402,8 @@ def _in_background(fn: Callable[..., object], *args: object) -> Callable[[], Non
 
 
 def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, silent: bool,
-            report: Reporter, announce: bool = True) -> bool:
+            report: Reporter, announce: bool = True,
+            unsent: dict[str, dict[str, str]] | None = None) -> bool:
     """Upload the log and end the run; survive a second Ctrl-C or SIGTERM so the run never stays
     RUNNING.
 
@@ -404,7 +416,20 @@ def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path,
             except ProjectRunError as exc:
                 uploaded = False
                 report(f"warning: could not upload the run log: {exc}; it is kept at {log_path}")
-        tracker.terminate(run_id, status)
+        params, tags = (unsent or {}).get("params") or {}, (unsent or {}).get("tags") or {}
+        try:
+            if params or tags:
+                tracker.log_batch(run_id, params, tags)
+            tracker.terminate(run_id, status)
+        except ProjectRunError as exc:  # the store stayed down: the spool records it later
+            from projectrun import spool
+
+            kept = spool.save(tracker.uri, run_id, status, params, tags,
+                              None if uploaded or silent else log_path)
+            report(f"warning: {exc}; run {run_id} ended {status}; its status, log and unlogged "
+                   f"params/tags are kept in {kept}: the next projectrun command that reaches the "
+                   f"store records them")
+            return True
         if announce:
             report(f"run {run_id} {status}")
         return uploaded

@@ -140,6 +140,9 @@ def _run(plan: sweepplan.Plan, source: sources.Source, options: SweepOptions,
     project = spec.load_project(source.directory)
     tracker = tracking.Tracker(tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
     experiment_id = tracker.experiment_id(options.experiment_name or plan.experiment, options.experiment_id)
+    from projectrun import reconcile
+
+    reconcile.quietly(tracker, experiment_id, (), report)  # trials of a killed sweep, ended FAILED
     done: set[str] = set()
     if options.resume:
         parent_id, plan, done = _resume(tracker, experiment_id, plan, options, report)
