@@ -57,7 +57,11 @@ def _subdirectory(root: Path, sub: str, uri: str) -> Path:
 
 def local_path(uri: str) -> Path | None:
     """The directory a local URI names (a path or file:///path), or None when it is not local."""
-    parsed = urllib.parse.urlparse(uri)
+    try:
+        parsed = urllib.parse.urlparse(uri)
+    except ValueError as exc:  # ``http://[``: the URI can name nothing, local or remote
+        raise SourceError(f"{uri}: not a valid path or URL ({exc}); check the brackets and quoting"
+                          ) from None
     if parsed.scheme == "file":
         path = Path(urllib.parse.unquote(parsed.netloc + parsed.path))
     elif parsed.scheme and len(parsed.scheme) > 1:

@@ -9,6 +9,7 @@ import getpass
 import os
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,11 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
         return (cwd / path).resolve().as_uri() if not path.startswith("/") else Path(path).as_uri()
     if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.I):
         return (cwd / uri).resolve().as_uri()  # a plain path is a file store
+    try:
+        urllib.parse.urlsplit(uri)
+    except ValueError as exc:  # ``http://[``: fails here, before any run, not deep in a store
+        raise UsageError(f"MLFLOW_TRACKING_URI={uri}: not a valid URI ({exc}); fix or unset it"
+                         ) from None
     return uri
 
 

@@ -446,3 +446,22 @@ def test_param_weird_bytes(value: bytes | str, tmp_path: Path, home: Path) -> No
     assert_clean(res)
     if res.returncode == 2:
         assert_one_line(res)
+
+
+@pytest.mark.parametrize("uri", ["http://[", "file://[x", "https://[::1/repo.git"])
+def test_unparseable_project_uri(uri: str, tmp_path: Path, home: Path) -> None:
+    res = run_cli(uri, "--dry-run", cwd=tmp_path, home=home)
+    assert res.returncode == 2
+    assert_one_line(res, uri, "not a valid path or URL")
+
+
+def test_unparseable_tracking_uri(tmp_path: Path, home: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "MLproject").write_text("entry_points:\n  main:\n    command: echo hi\n")
+    env = {**os.environ, "HOME": str(home), "PROJECTRUN_HOME": str(home), "MLFLOW_TRACKING_URI": "http://["}
+    res = subprocess.run([sys.executable, "-m", "projectrun", str(project), "--env-manager", "local"],
+                         cwd=tmp_path, text=True, capture_output=True, env=env, timeout=60)
+    assert res.returncode == 2
+    assert_one_line(res, "MLFLOW_TRACKING_URI=http://[", "not a valid URI")
+    assert not (tmp_path / "mlflow.db").exists()
