@@ -341,9 +341,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from projectrun import redact
+
     table = Table(*headers, box=None, pad_edge=False)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(redact.text(cell) for cell in row))  # a secret -P value shows as ***
     Console(soft_wrap=True).print(table)
 
 

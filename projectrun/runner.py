@@ -289,9 +289,9 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if request.run_id:
                 run_id = request.run_id  # MLflow logs neither params nor tags on a reused run
             else:
-                run_id = tracker.create_run(experiment_id, redact.mapping(tags), {}, request.run_name)
+                run_id = tracker.create_run(experiment_id, tags, {}, request.run_name)
                 # logged with the env tags: one call less
-                pending_params = redact.mapping(the_plan.params.logged)
+                pending_params = dict(the_plan.params.logged)
             if request.echo:
                 report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
             kind = envs.get_kind(the_plan.env_manager)
@@ -310,7 +310,7 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
                 extra_tags.update(request.tags)  # a scheduler's additions (the node running it)
                 extra_tags.update(liveness.launcher_tags())  # a continued run is ours now
             logging_done = _in_background(_log_and_reconcile, tracker, run_id, experiment_id,
-                                          pending_params, redact.mapping(extra_tags), report, unsent)
+                                          pending_params, extra_tags, report, unsent)
             pending_params = {}
             storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
             values = _download_remote_paths(the_plan, storage / "params")

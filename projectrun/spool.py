@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from projectrun import cache
+from projectrun import cache, redact
 
 Reporter = Callable[[str], None]
 
@@ -36,7 +36,7 @@ def save(uri: str, run_id: str, status: str, params: dict[str, str], tags: dict[
         log_copy = base / f"{run_id}.log"
         shutil.copyfile(log_path, log_copy)
     record = {"uri": uri, "run_id": run_id, "status": status, "end_time": int(time.time() * 1000),
-              "params": params, "tags": tags, "log": str(log_copy) if log_copy else None}
+              "params": redact.mapping(params), "tags": redact.mapping(tags), "log": str(log_copy) if log_copy else None}
     target = base / f"{run_id}.json"
     tmp = base / f".{run_id}.{secrets.token_hex(4)}.tmp"
     tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")

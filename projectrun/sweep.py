@@ -28,6 +28,7 @@ from projectrun import (
     gitinfo,
     interrupts,
     launch,
+    redact,
     runner,
     schedulers,
     sources,
@@ -406,7 +407,7 @@ def _create_parent(tracker: tracking.Tracker, experiment_id: str, plan: sweeppla
     parent_id = tracker.create_run(experiment_id, tags, settings, plan.name)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "plan.json"
-        path.write_text(plan.to_json())
+        path.write_text(redact.text(plan.to_json()))  # a resume takes values from the sweep file
         tracker.log_artifact(parent_id, path, "sweep")
     return parent_id
 
@@ -432,9 +433,14 @@ def _resume(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
         except Exception as exc:  # noqa: BLE001 - artifact store errors of any kind
             raise UsageError(f"--resume: run {parent_id} has no stored sweep plan ({exc})") from None
     old = sweepplan.Plan.from_json(stored)
-    if old.fingerprint != plan.fingerprint and not options.allow_changed:
+    if old.fingerprint == plan.fingerprint:
+        old = plan  # the same trials; the file has the values the stored copy masks
+    elif not options.allow_changed:
         raise UsageError(f"--resume: the sweep file changed since sweep {parent_id} started; "
                          f"pass --allow-changed to continue the stored plan anyway, or start a new sweep")
+    elif redact.MASK in stored:
+        raise UsageError(f"--resume --allow-changed: the stored plan of sweep {parent_id} has masked "
+                         f"secret values; restore the sweep file it started from, or start a new sweep")
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
                                   max_results=50000)
     done = {r.data.tags.get(TAG_TRIAL_KEY) for r in children if r.info.status == tracking.FINISHED}
@@ -450,8 +456,8 @@ def _finish_parent(tracker: tracking.Tracker, parent_id: str, plan: sweepplan.Pl
     best = _best(plan, results)
     rows = leaderboard(plan, results)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "leaderboard.json").write_text(json.dumps(rows, indent=1))
-        (Path(tmp) / "leaderboard.csv").write_text(to_csv(rows))
+        (Path(tmp) / "leaderboard.json").write_text(redact.text(json.dumps(rows, indent=1)))
+        (Path(tmp) / "leaderboard.csv").write_text(redact.text(to_csv(rows)))
         tracker.log_artifact(parent_id, Path(tmp) / "leaderboard.json", "sweep")
         tracker.log_artifact(parent_id, Path(tmp) / "leaderboard.csv", "sweep")
     tags = {"projectrun.sweep.finished": str(sum(r.status in (tracking.FINISHED, "SKIPPED") for r in results)),

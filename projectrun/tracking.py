@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from projectrun import redact
 from projectrun.errors import TrackingError, UsageError
 
 if TYPE_CHECKING:
@@ -292,8 +293,8 @@ class Tracker:
     def create_run(self, experiment_id: str, tags: dict[str, str], params: dict[str, str],
                    run_name: str | None) -> str:
         """Create the RUNNING run with its tags, then every param in one batch."""
-        run_id: str = self._do("creating the run", "create_run", experiment_id, tags, run_name,
-                               int(time.time() * 1000))
+        run_id: str = self._do("creating the run", "create_run", experiment_id, redact.mapping(tags),
+                               run_name, int(time.time() * 1000))
         if params:
             self.log_params(run_id, params)
         return run_id
@@ -308,13 +309,18 @@ class Tracker:
         return result
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        self._do("logging params", "log_batch", run_id, params, {}, persistent=True)
+        self._log("logging params", run_id, params, {})
 
     def log_batch(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
-        self._do("logging params and tags", "log_batch", run_id, params, tags, persistent=True)
+        self._log("logging params and tags", run_id, params, tags)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self._do("setting tags", "log_batch", run_id, {}, tags, persistent=True)
+        self._log("setting tags", run_id, {}, tags)
+
+    def _log(self, what: str, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        """Every param and tag goes through here and create_run: no credential reaches a store."""
+        self._do(what, "log_batch", run_id, redact.mapping(params), redact.mapping(tags),
+                 persistent=True)
 
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
         self._do("uploading " + path.name, "log_artifact", run_id, path, artifact_dir,

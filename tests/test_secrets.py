@@ -218,3 +218,26 @@ def test_git_never_sees_a_prompt_for_the_token(auth_repo: AuthRepo, tmp_path: Pa
     ok = subprocess.run(["git", "ls-remote", auth_repo.url], capture_output=True, text=True,
                         timeout=60, check=False)
     assert ok.returncode == 0 and "refs/heads/main" in ok.stdout
+
+
+def test_sweep_trials_created_ahead_carry_no_secret(cli: CliRunner, workdir: Path, tmp_path: Path,
+                                                    auth_repo: AuthRepo) -> None:
+    """A sweep creates its trials' runs before they start: their tags and params are masked too."""
+    env = {"PROJECTRUN_HOME": str(tmp_path / "home"), **SECRET_ENV}
+    sweep = tmp_path / "sweeps" / "sweep.yaml"  # the user's file holds them; nothing else may
+    sweep.parent.mkdir()
+    sweep.write_text(f"project: '{auth_repo.url}#sub/proj'\nexperiment: sec-sweep\n"
+                     f"parameters:\n  note: ['{MARKED}', plain]\n")
+    res = cli("sweep", str(sweep), "-j", "2", env=env)
+    assert res.returncode == 0, res.stderr
+    again = cli("sweep", str(sweep), "--resume", env=env)  # values come from the file, not "***"
+    assert again.returncode == 0 and "2 of 2 trial(s) already finished" in again.stderr, again.stderr
+    client = client_for(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sec-sweep").experiment_id
+    runs = client.search_runs([exp])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # parent + 2 trials
+    assert sorted(r.data.params.get("note", "") for r in runs if "note" in r.data.params) == [
+        "***", "plain"]
+    texts = (res.stdout, res.stderr, *(json.dumps(r.data.tags) + json.dumps(r.data.params)
+                                       for r in runs))
+    assert leaks(workdir, tmp_path / "home", texts=texts) == []
