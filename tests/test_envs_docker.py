@@ -127,7 +127,7 @@ def test_dockerfile_extension_builds_the_base_once(
     assert second.returncode == 0 and "building" not in second.stderr
 
 
-@pytest.mark.parametrize("case", ["no-engine", "missing-var", "no-image", "build-fails"])
+@pytest.mark.parametrize("case", ["no-engine", "missing-var", "no-image", "build-fails", "no-sdk"])
 def test_docker_problems_are_one_line(cli: CliRunner, workdir: Path, tmp_path: Path,
                                       docker_image: str, denv: dict[str, str], case: str) -> None:
     env = dict(denv)
@@ -142,6 +142,14 @@ def test_docker_problems_are_one_line(cli: CliRunner, workdir: Path, tmp_path: P
     elif case == "no-image":
         proj = docker_project(tmp_path / "p3", "projectrun-test/absent:9")
         expected = "projectrun-test/absent:9 is not available locally and cannot be pulled"
+    elif case == "no-sdk":  # `pip install projectrun` does not bring the docker SDK
+        proj = docker_project(tmp_path / "p5", docker_image)
+        (proj / "unique.txt").write_text(str(tmp_path))  # a new image: this launch must build
+        shadow = tmp_path / "shadow" / "docker"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'docker'\")\n")
+        env["PYTHONPATH"] = str(shadow.parent)
+        expected = "needs the docker Python package, which is not installed: `pip install docker`"
     else:
         proj = docker_project(tmp_path / "p4", docker_image, dockerfile="Dockerfile")
         (proj / "Dockerfile").write_text(f"FROM {docker_image}\nRUN echo about-to-fail && exit 7\n")

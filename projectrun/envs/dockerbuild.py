@@ -22,8 +22,11 @@ DOCKERFILE = "Dockerfile.projectrun"
 
 
 def client() -> Any:
-    import docker
-
+    try:
+        import docker
+    except ImportError:  # not a dependency of projectrun (nor of mlflow, which needs it too)
+        raise EnvBuildError("building or pulling a docker image needs the docker Python package, "
+                            "which is not installed: `pip install docker`") from None
     try:
         engine = docker.from_env(timeout=600)
         engine.ping()
