@@ -10,6 +10,7 @@ it starts still reaches it; a signal ignored when projectrun started stays ignor
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -92,13 +93,16 @@ def run(invocation: Invocation, log_path: Path, echo: bool = True,
     ``cancel`` lets a scheduler in another thread stop the run as a signal would (worker threads
     cannot install signal handlers); ``timeout`` stops it after that many seconds. Signals go to
     the child's process group, or to ``invocation.stop`` when the environment has its own way
-    (a container); ``invocation.cleanup`` runs once the child is gone.
+    (a container); ``invocation.cleanup`` runs once the child is gone, with its exit status.
     """
+    returncode: int | None = None
     try:
-        return _run(invocation, log_path, echo, cancel, timeout)
+        outcome = _run(invocation, log_path, echo, cancel, timeout)
+        returncode = outcome.returncode
+        return outcome
     finally:
         if invocation.cleanup is not None:
-            invocation.cleanup()
+            invocation.cleanup(returncode)
 
 
 class _Stopper:
@@ -177,12 +181,14 @@ def _run(invocation: Invocation, log_path: Path, echo: bool,
             pgid = proc.pid
             stopper.attach(invocation.stop or (lambda sig: _killpg(pgid, sig)))
             pumps = _start_pumps(proc, log, echo)
-            while proc.poll() is None:
-                stopper.check(cancel, timeout, started)
-                try:
-                    proc.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
-                    pass
+            pidfd = _pidfd(proc.pid)
+            try:
+                while proc.poll() is None:
+                    stopper.check(cancel, timeout, started)
+                    _wait_exit(proc, pidfd, 0.2)
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
             if stopper.stopped:
                 _empty_group(pgid, stopper.grace)
             for t in pumps:
@@ -192,6 +198,28 @@ def _run(invocation: Invocation, log_path: Path, echo: bool,
             signal.signal(signum, handler)
     first = stopper.received[0] if stopper.received else None
     return Outcome(proc.returncode, first, stopper.timed_out and first is None)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when the child exits (Linux 5.3+), or None."""
+    try:
+        return int(getattr(os, "pidfd_open")(pid))  # noqa: B009 - not on every platform
+    except (AttributeError, OSError):
+        return None
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], pidfd: int | None, seconds: float) -> None:
+    """Return when the child has exited or after ``seconds``, whichever is first.
+
+    With a pidfd the wake-up is the exit itself. ``Popen.wait(timeout)`` polls with sleeps that
+    grow to 50 ms, so every launch ended up to 50 ms after its entry point did."""
+    if pidfd is not None:
+        select.select([pidfd], [], [], seconds)
+        return
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _start_pumps(proc: subprocess.Popen[bytes], log: IO[bytes], echo: bool) -> list[threading.Thread]:

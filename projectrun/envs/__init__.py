@@ -80,8 +80,9 @@ class Invocation:
     cwd: Path
     #: called with the signal to deliver instead of signalling the local process group (docker)
     stop: Callable[[int], None] | None = None
-    #: called once the process has ended, whatever happened (e.g. remove a container)
-    cleanup: Callable[[], None] | None = None
+    #: called once the process has ended, whatever happened, with its exit status (negative: the
+    #: signal that killed it; None: it never ran to an exit), e.g. to remove a container
+    cleanup: Callable[[int | None], None] | None = None
 
     def display(self) -> str:
         import shlex

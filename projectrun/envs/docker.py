@@ -264,8 +264,12 @@ def _stopper(name: str) -> Any:
 
 
 def _remover(name: str) -> Any:
-    def remove() -> None:
-        subprocess.run([docker_cli(), "rm", "--force", name], capture_output=True, check=False)
+    def remove(returncode: int | None) -> None:
+        # A `docker run --rm` client that exited by itself has waited for its container's
+        # removal; one killed by a signal, that never ran, or that failed in the engine (125)
+        # may leave the container behind. (Saves a docker CLI call on every normal launch.)
+        if returncode is None or returncode < 0 or returncode == 125:
+            subprocess.run([docker_cli(), "rm", "--force", name], capture_output=True, check=False)
 
     return remove
 
