@@ -99,46 +99,52 @@ def resolve(entry_point: EntryPoint, given: dict[str, str], cwd: Path | None = N
     theirs, relative to ``cwd`` or absolute.
     """
     cwd = cwd or Path.cwd()
-    problems: list[str] = []
-    missing = [p.name for p in entry_point.parameters.values() if p.required and p.name not in given]
-    if missing:
-        flags = " ".join(f"-P {m}=..." for m in missing)
-        problems.append(f"entry point '{entry_point.name}' is missing required parameter"
-                        f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}; pass {flags}")
+    problems = _missing_required(entry_point, given)
     values: dict[str, str] = {}
     logged: dict[str, str] = {}
     for name, param in entry_point.parameters.items():
-        if name in given:
-            value = given[name]
-            source = f"-P {name}={value}"
-            if problem := type_problem(param, value):
-                problems.append(f"{source}: {problem}")
-                continue
-        elif param.required:
+        if name not in given and param.required:
+            continue  # already reported as missing
+        source, value, problem = _one_value(param, given)
+        if problem is None:
+            logged[name] = value
+            if param.type == "path" and (local := local_path(value)) is not None:
+                bases = [cwd] if name in given or project_dir is None else [cwd, project_dir]
+                value, problem = _find_path(name, local, bases, root)
+        if problem:
+            problems.append(f"{source}: {problem}")
             continue
-        else:
-            value = str(param.default)
-            source = f"default {name}={value}"
-            if param.type == "uri" and (problem := type_problem(param, value)):
-                problems.append(f"{source}: {problem}")
-                continue
-        if "\0" in value:
-            problems.append(f"{source!r}: contains a NUL character, which no command line can carry")
-            continue
-        logged[name] = value
-        if param.type == "path" and (local := local_path(value)) is not None:
-            bases = [cwd] if name in given or project_dir is None else [cwd, project_dir]
-            found, problem = _find_path(name, local, bases, root)
-            if problem:
-                problems.append(f"{source}: {problem}")
-                continue
-            value = found
         values[name] = value
     if problems:
         raise ParameterError("\n".join(problems))
     extras = {k: v for k, v in given.items() if k not in entry_point.parameters}
     logged.update(extras)
     return ResolvedParams(values=values, extras=extras, logged=logged)
+
+
+def _missing_required(entry_point: EntryPoint, given: dict[str, str]) -> list[str]:
+    missing = [p.name for p in entry_point.parameters.values() if p.required and p.name not in given]
+    if not missing:
+        return []
+    flags = " ".join(f"-P {m}=..." for m in missing)
+    plural = "s" if len(missing) > 1 else ""
+    return [f"entry point '{entry_point.name}' is missing required parameter{plural} "
+            + f"{', '.join(missing)}; pass {flags}"]
+
+
+def _one_value(param: Parameter, given: dict[str, str]) -> tuple[str, str, str | None]:
+    """(where the value came from, the value, its problem or None): a given value or the default."""
+    if param.name in given:
+        value = given[param.name]
+        source = f"-P {param.name}={value}"
+        problem = type_problem(param, value)
+    else:
+        value = str(param.default)
+        source = f"default {param.name}={value}"
+        problem = type_problem(param, value) if param.type == "uri" else None
+    if problem is None and "\0" in value:
+        return repr(source), value, "contains a NUL character, which no command line can carry"
+    return source, value, problem
 
 
 def _find_path(name: str, local: str, bases: list[Path], root: Path | None) -> tuple[str, str | None]:

@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from projectrun import envs, interrupts, liveness, params, redact, sources, spec, tracking
+from projectrun import (
+    envs,
+    interrupts,
+    liveness,
+    params,
+    recording,
+    redact,
+    sources,
+    spec,
+    tracking,
+)
 from projectrun import launch as launch_mod
 from projectrun.errors import (
     EnvBuildError,
@@ -25,7 +35,6 @@ from projectrun.errors import (
     RunFailed,
     RunInterrupted,
     SourceError,
-    TrackingError,
     UsageError,
 )
 
@@ -179,16 +188,6 @@ def env_context(the_plan: Plan, report: Reporter, progress: ProgressFactory | No
     return dataclasses.replace(ctx, log=log) if log else ctx
 
 
-def _log_writer(log_path: Path) -> Reporter:
-    """Build output goes into the run's log (the output.log artifact) as well."""
-    def write(line: str) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8", errors="replace") as fh:
-            fh.write(line + "\n")
-
-    return redact.writer(write)  # installers print index URLs: no credentials in the artifact
-
-
 def _child_env(run_id: str, experiment_id: str, tracking_uri: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri,
@@ -272,164 +271,146 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
         experiment_id = tracker.existing_run_experiment(request.run_id)
     elif experiment_id is None:
         experiment_id = tracker.experiment_id(request.experiment_name, request.experiment_id)
-    tags = run_tags(the_plan)
-    run_id = ""
-    status = tracking.FAILED
-    keep_log = log_path is not None
-    log_dir = log_path.parent if log_path is not None else Path(tempfile.mkdtemp(prefix="projectrun-"))
-    log_path = log_path or log_dir / tracking.LOG_FILE_NAME
-    outcome = launch_mod.Outcome(1)
-    error: ProjectRunError | None = None
-    pending_params: dict[str, str] = {}
-    #: params and tags the store did not take (kept in the spool with the final status)
-    unsent: dict[str, dict[str, str]] = {"params": {}, "tags": {}}
-    logging_done: Callable[[], None] | None = None
+    attempt = _Attempt.start(the_plan, tracker, experiment_id, report, log_path)
     with interrupts.raising():  # SIGTERM/SIGHUP unwind like Ctrl-C; the run still ends
         try:
-            if request.run_id:
-                run_id = request.run_id  # MLflow logs neither params nor tags on a reused run
-            else:
-                run_id = tracker.create_run(experiment_id, tags, {}, request.run_name)
-                # logged with the env tags: one call less
-                pending_params = dict(the_plan.params.logged)
-            if request.echo:
-                report(f"run {run_id} started in experiment {experiment_id} ({the_plan.tracking_uri})")
-            kind = envs.get_kind(the_plan.env_manager)
-            ctx = env_context(the_plan, report, progress, _log_writer(log_path))
-            if the_plan.env_manager == "docker":
-                ctx = dataclasses.replace(ctx, artifact_uri=tracker.run_artifact_uri(run_id))
-            prepared = kind.prepare(the_plan.project, ctx)
-            extra_tags = {tracking.TAG_COMMAND: the_plan.command[:5000], **prepared.tags}
-            if prepared.tag:
-                extra_tags[tracking.TAG_ENV] = prepared.tag
-            if prepared.key:
-                extra_tags[tracking.TAG_ENV_KEY] = prepared.key
-            # Logged while the entry point starts: the run already exists, so the child can use it,
-            # and the round trip to a tracking server is off the critical path.
-            if request.run_id:
-                extra_tags.update(request.tags)  # a scheduler's additions (the node running it)
-                extra_tags.update(liveness.launcher_tags())  # a continued run is ours now
-            logging_done = _in_background(_log_and_reconcile, tracker, run_id, experiment_id,
-                                          pending_params, extra_tags, report, unsent)
-            pending_params = {}
-            storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else log_dir
-            values = _download_remote_paths(the_plan, storage / "params")
-            command = the_plan.command
-            if values != the_plan.params.values:
-                command = params.render_command(
-                    the_plan.entry_point, params.ResolvedParams(values, the_plan.params.extras, {}))
-            env = _child_env(run_id, experiment_id, the_plan.tracking_uri)
-            invocation = prepared.invocation(command, env, the_plan.source.directory)
-            if request.verbose:
-                report(f"running: {invocation.display()}")
-            outcome = launch_mod.run(invocation, log_path, echo=request.echo, cancel=cancel,
-                                     timeout=timeout)
-            logging_done()
-            if outcome.signal is not None:
-                status = tracking.KILLED
-            else:
-                status = tracking.FINISHED if outcome.returncode == 0 else tracking.FAILED
+            attempt.record()
+            prepared = attempt.prepare_env(progress)
+            attempt.log_in_background(prepared)
+            attempt.run(prepared, cancel, timeout)
         except (KeyboardInterrupt, interrupts.Terminated) as exc:
-            status = tracking.KILLED
-            signum = exc.signum if isinstance(exc, interrupts.Terminated) else signal.SIGINT
-            outcome = launch_mod.Outcome(128 + signum, signum)
+            attempt.interrupted(exc)
         except ProjectRunError as exc:
-            if not run_id:
+            if not attempt.run_id:
                 raise
-            error = exc
-            status = tracking.FAILED  # an incomplete record is not a finished run
-            if pending_params:  # the env failed before the params were logged
-                try:
-                    tracker.log_params(run_id, pending_params)
-                except ProjectRunError:
-                    unsent["params"].update(pending_params)
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(f"projectrun: error: {redact.text(str(exc))}\n")
+            attempt.failed(exc)
         finally:
-            if logging_done is not None:  # interrupted before it was awaited: still wait for it
-                try:
-                    logging_done()
-                except BaseException:  # noqa: BLE001 - already reported, or superseded by the interrupt
-                    pass
-            # decided before the temp log dir is removed below
-            silent = not log_path.exists() or log_path.stat().st_size == 0
-            uploaded = bool(run_id) and _finish(tracker, run_id, status, log_path, silent, report,
-                                                request.echo, unsent)
-            if not keep_log and (uploaded or not run_id):
-                shutil.rmtree(log_dir, ignore_errors=True)
-    return RunResult(run_id, experiment_id, status, outcome.returncode,
-                     log_path if log_path.exists() else None, outcome.signal, outcome.timed_out, error,
-                     silent)
+            attempt.end()
+    return attempt.result()
 
 
-def _log_and_reconcile(tracker: tracking.Tracker, run_id: str, experiment_id: str,
-                       params: dict[str, str], tags: dict[str, str], report: Reporter,
-                       unsent: dict[str, dict[str, str]]) -> None:
-    """Off the critical path: the run's params and env tags; then what earlier launches kept in
-    the spool while this store was down; then end abandoned runs of the experiment."""
-    from projectrun import reconcile, spool
+@dataclass
+class _Attempt:
+    """What one execute() carries from creating the run to ending it, step by step."""
 
-    try:
-        tracker.log_batch(run_id, params, tags)
-    except ProjectRunError as exc:  # the store went away: keep them for the spool
-        unsent["params"].update(params)
-        unsent["tags"].update(tags)
-        report(f"warning: {exc}; retrying when the run ends")
-        return
-    spool.replay(tracker, report)
-    reconcile.quietly(tracker, experiment_id, {run_id}, report)
+    plan: Plan
+    tracker: tracking.Tracker
+    experiment_id: str
+    report: Reporter
+    log_dir: Path
+    log_path: Path
+    keep_log: bool
+    run_id: str = ""
+    status: str = tracking.FAILED
+    outcome: launch_mod.Outcome = field(default_factory=lambda: launch_mod.Outcome(1))
+    error: ProjectRunError | None = None
+    #: params not logged yet: they go with the env tags, in one call
+    pending: dict[str, str] = field(default_factory=dict)
+    unsent: recording.Unsent = field(default_factory=recording.Unsent)
+    logging_done: Callable[[], None] | None = None
+    silent: bool = False
 
+    @classmethod
+    def start(cls, the_plan: Plan, tracker: tracking.Tracker, experiment_id: str,
+              report: Reporter, log_path: Path | None) -> _Attempt:
+        log_dir = log_path.parent if log_path is not None else Path(tempfile.mkdtemp(prefix="projectrun-"))
+        return cls(the_plan, tracker, experiment_id, report, log_dir,
+                   log_path or log_dir / tracking.LOG_FILE_NAME, keep_log=log_path is not None)
 
-def _in_background(fn: Callable[..., object], *args: object) -> Callable[[], None]:
-    """Start ``fn(*args)`` in a thread; the returned function waits and re-raises its error."""
-    failure: list[BaseException] = []
+    def record(self) -> None:
+        """Create the run (or continue ``--run-id``'s; MLflow logs neither params nor tags then)."""
+        request = self.plan.request
+        if request.run_id:
+            self.run_id = request.run_id
+        else:
+            self.run_id = self.tracker.create_run(self.experiment_id, run_tags(self.plan), {},
+                                                  request.run_name)
+            self.pending = dict(self.plan.params.logged)
+        if request.echo:
+            self.report(f"run {self.run_id} started in experiment {self.experiment_id} "
+                        f"({self.plan.tracking_uri})")
 
-    def work() -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
-            failure.append(exc)
+    def prepare_env(self, progress: ProgressFactory | None) -> envs.Environment:
+        ctx = env_context(self.plan, self.report, progress, recording.log_writer(self.log_path))
+        if self.plan.env_manager == "docker":
+            ctx = dataclasses.replace(ctx, artifact_uri=self.tracker.run_artifact_uri(self.run_id))
+        return envs.get_kind(self.plan.env_manager).prepare(self.plan.project, ctx)
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
+    def log_in_background(self, prepared: envs.Environment) -> None:
+        """Params and env tags are logged while the entry point starts: the run already exists,
+        so the child can use it, and the round trip to a server is off the critical path."""
+        tags = {tracking.TAG_COMMAND: self.plan.command[:5000], **prepared.tags}
+        if prepared.tag:
+            tags[tracking.TAG_ENV] = prepared.tag
+        if prepared.key:
+            tags[tracking.TAG_ENV_KEY] = prepared.key
+        if self.plan.request.run_id:
+            tags.update(self.plan.request.tags)  # a scheduler's additions (the node running it)
+            tags.update(liveness.launcher_tags())  # a continued run is ours now
+        self.logging_done = recording.in_background(
+            recording.log_and_reconcile, self.tracker, self.run_id, self.experiment_id,
+            self.pending, tags, self.report, self.unsent)
+        self.pending = {}
 
-    def wait() -> None:
-        thread.join()
-        if failure:
-            raise failure[0]
+    def run(self, prepared: envs.Environment, cancel: threading.Event | None,
+            timeout: float | None) -> None:
+        request = self.plan.request
+        storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else self.log_dir
+        env = _child_env(self.run_id, self.experiment_id, self.plan.tracking_uri)
+        invocation = prepared.invocation(_final_command(self.plan, storage / "params"), env,
+                                         self.plan.source.directory)
+        if request.verbose:
+            self.report(f"running: {invocation.display()}")
+        self.outcome = launch_mod.run(invocation, self.log_path, echo=request.echo, cancel=cancel,
+                                      timeout=timeout)
+        assert self.logging_done is not None
+        self.logging_done()
+        if self.outcome.signal is not None:
+            self.status = tracking.KILLED
+        else:
+            self.status = tracking.FINISHED if self.outcome.returncode == 0 else tracking.FAILED
 
-    return wait
+    def interrupted(self, exc: KeyboardInterrupt | interrupts.Terminated) -> None:
+        self.status = tracking.KILLED
+        signum = exc.signum if isinstance(exc, interrupts.Terminated) else signal.SIGINT
+        self.outcome = launch_mod.Outcome(128 + signum, signum)
 
-
-def _finish(tracker: tracking.Tracker, run_id: str, status: str, log_path: Path, silent: bool,
-            report: Reporter, announce: bool = True,
-            unsent: dict[str, dict[str, str]] | None = None) -> bool:
-    """Upload the log and end the run; survive a second Ctrl-C or SIGTERM so the run never stays
-    RUNNING.
-
-    Returns whether the log reached the store (if not, the local copy must be kept)."""
-    with interrupts.deferred():
-        uploaded = True
-        if not silent:  # no output, nothing worth keeping
+    def failed(self, exc: ProjectRunError) -> None:
+        """After the run exists: an incomplete record is not a finished run."""
+        self.error = exc
+        self.status = tracking.FAILED
+        if self.pending:  # the env failed before the params were logged
             try:
-                tracker.log_artifact(run_id, log_path, tracking.LOG_ARTIFACT_DIR)
-            except ProjectRunError as exc:
-                uploaded = False
-                report(f"warning: could not upload the run log: {exc}; it is kept at {log_path}")
-        params, tags = (unsent or {}).get("params") or {}, (unsent or {}).get("tags") or {}
-        try:
-            if params or tags:
-                tracker.log_batch(run_id, params, tags)
-            tracker.terminate(run_id, status)
-        except ProjectRunError as exc:  # the store stayed down: the spool records it later
-            from projectrun import spool
+                self.tracker.log_params(self.run_id, self.pending)
+            except ProjectRunError:
+                self.unsent.params.update(self.pending)
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"projectrun: error: {redact.text(str(exc))}\n")
 
-            kept = spool.save(tracker.uri, run_id, status, params, tags,
-                              None if uploaded or silent else log_path)
-            report(f"warning: {exc}; run {run_id} ended {status}; its status, log and unlogged "
-                   f"params/tags are kept in {kept}: the next projectrun command that reaches the "
-                   f"store records them")
-            return True
-        if announce:
-            report(f"run {run_id} {status}")
-        return uploaded
+    def end(self) -> None:
+        if self.logging_done is not None:  # interrupted before it was awaited: still wait for it
+            try:
+                self.logging_done()
+            except BaseException:  # noqa: BLE001, S110 - already reported, or superseded by the interrupt
+                pass
+        # decided before the temp log dir is removed below
+        self.silent = not self.log_path.exists() or self.log_path.stat().st_size == 0
+        uploaded = bool(self.run_id) and recording.finish(
+            self.tracker, self.run_id, self.status, self.log_path, self.silent, self.report,
+            self.plan.request.echo, self.unsent)
+        if not self.keep_log and (uploaded or not self.run_id):
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def result(self) -> RunResult:
+        return RunResult(self.run_id, self.experiment_id, self.status, self.outcome.returncode,
+                         self.log_path if self.log_path.exists() else None, self.outcome.signal,
+                         self.outcome.timed_out, self.error, self.silent)
+
+
+def _final_command(the_plan: Plan, storage: Path) -> str:
+    """The planned command, re-rendered when remote ``path`` params were downloaded."""
+    values = _download_remote_paths(the_plan, storage)
+    if values == the_plan.params.values:
+        return the_plan.command
+    return params.render_command(the_plan.entry_point,
+                                 params.ResolvedParams(values, the_plan.params.extras, {}))

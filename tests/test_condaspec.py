@@ -17,7 +17,7 @@ import pytest
 from projectrun.envs.condaspec import LOCK_NAME, _spec_reason, check_match_spec, load_conda_env
 from projectrun.errors import SpecError
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "corpus").resolve()  # ../shared may be a link
 REPO = Path(__file__).resolve().parents[1]
 
 

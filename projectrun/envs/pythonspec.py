@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,36 +178,60 @@ def from_conda_yaml(path: Path, base: Path) -> PythonEnvSpec:
     if not isinstance(listed, list):
         raise SpecError([(f"{doc.where(('dependencies',))}: 'dependencies' must be a list of "
                           f"conda packages and {{pip: [...]}}, got {type(listed).__name__}")])
-    python, build, deps, dropped, problems = None, [], [], [], []
-    deps_index = None
-    for index, dep in enumerate(listed):
-        where = doc.where(("dependencies", index))
-        if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
-            deps, deps_index = [str(d) for d in dep["pip"]], index
-        elif not isinstance(dep, str):
-            problems.append(f"{where}: a conda dependency must be a string or {{pip: [...]}}, got {dep!r}")
-        elif (match := _CONDA_DEP.match(dep.strip())) is None:
-            dropped.append(dep)
-        elif match["package"] == "python" and python is None:
-            python = _conda_python(match, dep, where, problems)
+    split = _CondaDeps.of(doc, listed)
+    files = _files_of(YamlDoc(doc.path, {"pip": split.pip}, {("pip", i): doc.line(
+        ("dependencies", split.pip_index, i)) for i in range(len(split.pip))}), ("pip",), base) \
+        if split.pip_index is not None else []
+    return PythonEnvSpec(python=split.python, build_dependencies=tuple(split.build),
+                         dependencies=_lines(split.pip), files=tuple(files), source=path,
+                         warnings=split.warnings(path))
+
+
+@dataclass
+class _CondaDeps:
+    """A conda.yaml's dependencies as the virtualenv manager sees them."""
+
+    python: str | None = None
+    build: list[str] = field(default_factory=list)
+    pip: list[str] = field(default_factory=list)
+    pip_index: int | None = None
+    dropped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, doc: YamlDoc, listed: list[Any]) -> _CondaDeps:
+        out, problems = cls(), []
+        for index, dep in enumerate(listed):
+            where = doc.where(("dependencies", index))
+            if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
+                out.pip, out.pip_index = [str(d) for d in dep["pip"]], index
+            elif not isinstance(dep, str):
+                problems.append(f"{where}: a conda dependency must be a string or {{pip: [...]}}, "
+                                f"got {dep!r}")
+            else:
+                out._add(dep, where, problems)
+        if problems:
+            raise SpecError(problems)
+        return out
+
+    def _add(self, dep: str, where: str, problems: list[str]) -> None:
+        if (match := _CONDA_DEP.match(dep.strip())) is None:
+            self.dropped.append(dep)
+        elif match["package"] == "python" and self.python is None:
+            self.python = _conda_python(match, dep, where, problems)
         elif match["package"] != "python":
             op = "==" if match["operator"] == "=" else match["operator"] or ""
-            build.append(f"{match['package']}{op}{match['version'] or ''}")
-    if problems:
-        raise SpecError(problems)
-    warnings = []
-    if python is None:
-        warnings.append(f"{path}: no python version pinned (e.g. python=3.11); using the current "
-                        f"interpreter's version")
-    if dropped:
-        warnings.append(f"{path}: conda packages {', '.join(dropped)} are not installed by the "
-                        f"virtualenv/uv manager (only 'pip:' entries are); use --env-manager conda "
-                        f"or list them under pip:")
-    files = _files_of(YamlDoc(doc.path, {"pip": deps}, {("pip", i): doc.line(
-        ("dependencies", deps_index, i)) for i in range(len(deps))}), ("pip",), base) \
-        if deps_index is not None else []
-    return PythonEnvSpec(python=python, build_dependencies=tuple(build), dependencies=_lines(deps),
-                         files=tuple(files), source=path, warnings=tuple(warnings))
+            self.build.append(f"{match['package']}{op}{match['version'] or ''}")
+
+    def warnings(self, path: Path) -> tuple[str, ...]:
+        out = []
+        if self.python is None:
+            out.append(f"{path}: no python version pinned (e.g. python=3.11); using the current "
+                       f"interpreter's version")
+        if self.dropped:
+            out.append(f"{path}: conda packages {', '.join(self.dropped)} are not installed by the "
+                       f"virtualenv/uv manager (only 'pip:' entries are); use --env-manager conda "
+                       f"or list them under pip:")
+        return tuple(out)
 
 
 def _conda_python(match: re.Match[str], dep: str, where: str, problems: list[str]) -> str | None:
