@@ -126,7 +126,7 @@ def test_relocatable_build_goes_through_a_temp_dir() -> None:
 def test_waiting_for_a_held_lock_is_reported() -> None:
     messages: list[str] = []
     outcome: list[cache.Built] = []
-    holder = FileLock(str(cache._lock_path("demo", "k8")))
+    holder = FileLock(str(cache.lock_path("demo", "k8")))
     holder.acquire()
     thread = threading.Thread(target=lambda: outcome.append(
         cache.get_or_build("demo", "k8", Counter(), report=messages.append)))
@@ -200,7 +200,7 @@ def test_prune_old_and_abandoned_entries_skipping_busy_ones() -> None:
     assert {e.key for e in would} == {"old", "busy", "dead"}
     assert abandoned.exists()
 
-    busy = FileLock(str(cache._lock_path("demo", "busy")))
+    busy = FileLock(str(cache.lock_path("demo", "busy")))
     with busy:
         removed = cache.prune(600)
     assert {e.key for e in removed} == {"old", "dead"}
