@@ -315,8 +315,8 @@ def _tree_lock(mirror: Path, tree: Path) -> Path:
 
 
 def _reserve_tree(mirror: Path) -> Path:
-    """An empty dir for a work tree, held in use while the mirror's lock is still ours: a prune
-    that takes the lock next sees the mirror in use, though the tree is not checked out yet."""
+    """An empty dir for a work tree, held in use from before git registers it: a prune never
+    sees a registered tree without its lock held."""
     tree = Path(tempfile.mkdtemp(prefix=TREE_PREFIX))
     try:
         cachedir.hold(_tree_lock(mirror, tree), note=str(tree))
@@ -337,20 +337,32 @@ def _drop_tree(mirror: Path | None, tree: Path) -> None:
     cachedir.discard([lock])
 
 
-def _worktree(mirror: Path, tree: Path, sha: str, offline: bool, report: Report) -> None:
+def _worktree(mirror: Path, sha: str) -> Path:
+    """Check ``sha`` out into a new work tree; under the mirror's lock, because a ``git fetch``
+    in the mirror fails on a work tree that is being added ("bad object worktrees/.../HEAD")."""
+    tree = _reserve_tree(mirror)
     try:
         _git(["worktree", "add", "--detach", "--quiet", str(tree), sha], mirror)
-        if (tree / ".gitmodules").exists():
-            if offline:
-                report("warning: --offline: submodules are not fetched")
-            else:
-                proc = _git(["submodule", "update", "--init", "--recursive", "--quiet"], tree,
-                            protocols=SUBMODULE_PROTOCOLS, check=False)
-                if proc.returncode != 0:
-                    report(f"warning: submodules not fetched: {_git_error(proc.stderr, None, 'submodule')}")
     except BaseException:
         _drop_tree(mirror, tree)
         raise
+    return tree
+
+
+def _submodules(mirror: Path, tree: Path, offline: bool, report: Report) -> None:
+    if not (tree / ".gitmodules").exists():
+        return
+    if offline:
+        report("warning: --offline: submodules are not fetched")
+        return
+    try:
+        proc = _git(["submodule", "update", "--init", "--recursive", "--quiet"], tree,
+                    protocols=SUBMODULE_PROTOCOLS, check=False)
+    except BaseException:
+        _drop_tree(mirror, tree)
+        raise
+    if proc.returncode != 0:
+        report(f"warning: submodules not fetched: {_git_error(proc.stderr, None, 'submodule')}")
 
 
 def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = False,
@@ -375,9 +387,9 @@ def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = Fa
         if found is None:
             raise _unknown_version(mirror, safe, version, offline)
         _write_meta(mirror, safe, fetched)
-        tree = _reserve_tree(mirror)
-    commit, branch = found
-    _worktree(mirror, tree, commit, offline, report)
+        commit, branch = found
+        tree = _worktree(mirror, commit)
+    _submodules(mirror, tree, offline, report)
     checkout = GitCheckout(directory=tree, worktree=tree, commit=commit, branch=branch,
                            repo_url=safe, fetched=fetched, version=version, mirror=mirror)
     sub = subdir.strip("/")
