@@ -376,8 +376,9 @@ class Area:
             paths = [self.lock_path(key), self.users_path(key)]
             if needed(key) or any(is_held(p) for p in paths):
                 continue
+            found = next((p for p in paths if p.exists()), paths[0])
             if dry_run or discard(paths):
-                removed.append(Removed(self.name, self.lock_path(key), 0, f"stale lock {key}"))
+                removed.append(Removed(self.name, found, 0, f"stale lock {key}"))
         return removed
 
 
