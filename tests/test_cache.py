@@ -93,7 +93,7 @@ def test_leftover_without_marker_is_rebuilt() -> None:
 
 
 def test_unhealthy_entry_is_rebuilt_with_reason() -> None:
-    build, messages = Counter(), []
+    build, messages = Counter(), list[str]()
     cache.get_or_build("demo", "k4", build)
     (cache.entry_path("demo", "k4") / "payload").unlink()
 
