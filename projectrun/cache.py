@@ -12,13 +12,11 @@ launch that needs it rebuilds it.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,10 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from projectrun import interrupts
+from projectrun import cachedir, interrupts
+from projectrun.cachedir import (  # noqa: F401 - the cache's public names, used across projectrun
+    CACHEDIR_TAG,
+    HOME_ENV_VAR,
+    ensure_root,
+    root,
+    size_text,
+    tree_size,
+)
 from projectrun.errors import EnvBuildError, UsageError
 
-HOME_ENV_VAR = "PROJECTRUN_HOME"
 #: Mixed into every key: bump it when the layout or the meaning of an entry changes.
 FORMAT_VERSION = 1
 KEY_LENGTH = 16
@@ -38,11 +43,6 @@ META = ".projectrun-meta.json"
 LAST_USED = ".projectrun-last-used"
 #: written by ``envs verify`` into a broken entry: the next launch rebuilds it
 BROKEN = ".projectrun-broken"
-CACHEDIR_TAG = (
-    "Signature: 8a477f597d28d172789f06886806bc55\n"
-    "# This file is a cache directory tag created by projectrun.\n"
-    "# For information about cache directory tags see https://bford.info/cachedir/\n"
-)
 
 Reporter = Callable[[str], None]
 Builder = Callable[[Path], None]
@@ -82,27 +82,8 @@ class Entry:
         return f"{self.kind}-{self.key}"
 
 
-def root() -> Path:
-    """``$PROJECTRUN_HOME`` if set, else the platform's user cache dir (``~/.cache/projectrun``)."""
-    value = os.environ.get(HOME_ENV_VAR)
-    if value:
-        return Path(value).expanduser().absolute()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("projectrun"))
-
-
-def ensure_root() -> Path:
-    """Create the root with a CACHEDIR.TAG so backup tools skip it."""
-    path = root()
-    path.mkdir(parents=True, exist_ok=True)
-    if not (path / "CACHEDIR.TAG").exists():
-        _write_atomic(path / "CACHEDIR.TAG", CACHEDIR_TAG)
-    return path
-
-
 def envs_dir() -> Path:
-    return ensure_root() / "envs"
+    return cachedir.ENVS.ensure()
 
 
 def make_key(inputs: Any) -> str:
@@ -114,6 +95,11 @@ def make_key(inputs: Any) -> str:
 
 def entry_path(kind: str, key: str) -> Path:
     return envs_dir() / f"{kind}-{key}"
+
+
+def lock_path(kind: str, key: str) -> Path:
+    """The per-key build lock (``envs/.locks/<kind>-<key>.lock``)."""
+    return cachedir.ENVS.lock_path(f"{kind}-{key}")
 
 
 def get_or_build(kind: str, key: str, build: Builder, *, inputs: Any = None,
@@ -151,11 +137,7 @@ def is_complete(path: Path) -> bool:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((path / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return cachedir.read_json(path / META)
 
 
 def _unusable(path: Path, health: HealthCheck | None) -> str | None:
@@ -217,63 +199,23 @@ def _publish(path: Path, meta: dict[str, Any], health: HealthCheck | None) -> No
     if reason is not None:
         raise EnvBuildError(f"the {meta['kind']} env {meta['key']} was built but is not usable: {reason}")
     meta["created"] = time.time()
-    _write_atomic(path / META, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    cachedir.write_json(path / META, meta)
     (path / LAST_USED).touch()
-    _write_atomic(path / MARKER, f"{meta['created']}\n")
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    cachedir.write_atomic(path / MARKER, f"{meta['created']}\n")
 
 
 def _remove_tree(path: Path) -> None:
     """Marker first, so a reader never sees a half-deleted entry as complete."""
-    if not os.path.lexists(path):
-        return
-    if path.is_dir() and not path.is_symlink():
-        (path / MARKER).unlink(missing_ok=True)
-        trash = path.parent / f".trash-{path.name}-{secrets.token_hex(4)}"
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        path.unlink()
-
-
-def _lock_path(kind: str, key: str) -> Path:
-    # Lock files live apart from the entries and are never deleted: deleting a lock file that
-    # someone waits on lets two processes hold "the" lock at once.
-    locks = envs_dir() / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    return locks / f"{kind}-{key}.lock"
+    cachedir.remove_tree(path, first=MARKER)
 
 
 @contextmanager
 def _locked(kind: str, key: str, report: Reporter | None) -> Iterator[None]:
     """Hold the per-key lock; say so when we have to wait for another builder."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(_lock_path(kind, key)))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if report:
-            report(f"waiting for another projectrun building {kind} env {key} "
-                   f"(lock {lock.lock_file})")
-        lock.acquire()
-    try:
+    path = lock_path(kind, key)
+    with cachedir.locked(path, report=report, waiting=f"waiting for another projectrun building "
+                         f"{kind} env {key} (lock {path})"):
         yield
-    finally:
-        lock.release()
-
-
-_HELD: dict[str, int] = {}  # entry name -> fd holding its users lock (shared) in this process
-_HELD_LOCK = threading.Lock()
-
-
-def _users_path(kind: str, key: str) -> Path:
-    return _lock_path(kind, key).with_suffix(".users")
 
 
 def hold(kind: str, key: str) -> None:
@@ -281,70 +223,23 @@ def hold(kind: str, key: str) -> None:
 
     A shared flock, so any number of launches hold it at once; it waits only while a remove or
     prune is deleting this very entry (after which the caller finds it gone and builds it)."""
-    name = f"{kind}-{key}"
-    with _HELD_LOCK:
-        if name in _HELD:
-            return
-        fd = os.open(_users_path(kind, key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except BaseException:
-            os.close(fd)
-            raise
-        _HELD[name] = fd
+    cachedir.ENVS.hold(f"{kind}-{key}")
 
 
 def release(kind: str, key: str) -> None:
     """Give up this process's hold on an entry (it is about to remove it itself)."""
-    with _HELD_LOCK:
-        fd = _HELD.pop(f"{kind}-{key}", None)
-    if fd is not None:
-        os.close(fd)
-
-
-@contextmanager
-def _idle(kind: str, key: str) -> Iterator[bool]:
-    """The users lock exclusively, without waiting: yields False while any launch uses the entry.
-    This process's own hold does not count: it is the one removing the entry."""
-    release(kind, key)
-    fd = os.open(_users_path(kind, key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    cachedir.ENVS.release(f"{kind}-{key}")
 
 
 @contextmanager
 def _removable(kind: str, key: str) -> Iterator[str | None]:
     """Hold both locks without waiting; yields None, or why the entry must be left alone."""
-    with _try_locked(kind, key) as free:
+    with cachedir.ENVS.try_lock(f"{kind}-{key}") as free:
         if not free:
             yield "it is being built by another projectrun"
             return
-        with _idle(kind, key) as idle:
+        with cachedir.ENVS.idle(f"{kind}-{key}") as idle:
             yield None if idle else "a running launch is using it"
-
-
-@contextmanager
-def _try_locked(kind: str, key: str) -> Iterator[bool]:
-    """The per-key lock without waiting: yields False when someone holds it (building)."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(_lock_path(kind, key)))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
 
 
 # --- listing, removing, pruning -------------------------------------------------------------
@@ -352,7 +247,7 @@ def _try_locked(kind: str, key: str) -> Iterator[bool]:
 
 def list_entries(*, sizes: bool = True) -> list[Entry]:
     """Every entry (complete or not) under ``<root>/envs``, most recently used first."""
-    base = root() / "envs"
+    base = cachedir.ENVS.dir
     if not base.is_dir():
         return []
     found = [_entry(p, sizes) for p in base.iterdir()
@@ -365,38 +260,8 @@ def _entry(path: Path, sizes: bool) -> Entry:
     meta = read_meta(path)
     return Entry(kind=kind, key=key, path=path, complete=is_complete(path),
                  project=meta.get("project"), created=meta.get("created"),
-                 last_used=_mtime(path / LAST_USED), size=tree_size(path) if sizes else None, meta=meta)
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
-
-
-def tree_size(path: Path) -> int:
-    """Bytes under ``path`` (hard links counted at every name: what deleting one entry frees at most)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + dirnames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def size_text(n: int | None) -> str:
-    """``512 B``, ``48.1 MB``: sizes as every projectrun message writes them."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+                 last_used=cachedir.mtime(path / LAST_USED),
+                 size=tree_size(path) if sizes else None, meta=meta)
 
 
 def find_entry(ref: str) -> Entry:
@@ -421,6 +286,7 @@ def remove(ref: str) -> Entry:
         if busy:
             raise UsageError(f"{entry.name} is not removed: {busy}; try again when it is done")
         _remove_tree(entry.path)
+        cachedir.ENVS.forget(entry.name)
     return entry
 
 
@@ -444,22 +310,24 @@ def verify(ref: str | None, check_for: Callable[[str], HealthCheck | None]) -> l
 def _verdict(entry: Entry, check: HealthCheck | None) -> Verdict:
     if not entry.complete:
         return Verdict(entry, "incomplete", "an interrupted build (never used; prune removes it)")
-    with _try_locked(entry.kind, entry.key) as free:
+    with cachedir.ENVS.try_lock(entry.name) as free:
         if not free:
             return Verdict(entry, "building", "another projectrun is rebuilding it")
         reason = broken_reason(entry.path) or (check(entry.path) if check else None)
         if reason is None:
             return Verdict(entry, "ok")
-        _write_atomic(entry.path / BROKEN, reason + "\n")
+        cachedir.write_atomic(entry.path / BROKEN, reason + "\n")
         return Verdict(entry, "broken", reason)
 
 
-def prune(older_than: float, *, dry_run: bool = False, now: float | None = None) -> list[Entry]:
+def prune(older_than: float, *, dry_run: bool = False, now: float | None = None,
+          sweep: bool = True) -> list[Entry]:
     """Remove entries unused for more than ``older_than`` seconds, and abandoned builds.
 
     An entry without its marker whose lock is free is a build that died; it is removed whatever
     its age. Entries being built (lock held) or used by a running launch (users lock held) are
-    skipped. Returns what was (or would be) removed.
+    skipped. Returns what was (or would be) removed; with ``sweep``, :func:`prune_leftovers`
+    then removes the rest (without reporting it).
     """
     now = time.time() if now is None else now
     removed = []
@@ -471,29 +339,46 @@ def prune(older_than: float, *, dry_run: bool = False, now: float | None = None)
                 continue  # busy, or used since it was listed
             if not dry_run:
                 _remove_tree(entry.path)
+                cachedir.ENVS.forget(entry.name)
             removed.append(entry)
-    if not dry_run:
-        _sweep_leftovers(root() / "envs")
+    if sweep and not dry_run:
+        prune_leftovers()
     return removed
 
 
 def _stale(entry: Entry, older_than: float, now: float) -> bool:
-    return not entry.complete or (now - (entry.last_used or entry.created or 0.0)) > older_than
+    return not entry.complete or cachedir.older(entry.last_used or entry.created, older_than, now)
 
 
-def _sweep_leftovers(base: Path) -> None:
-    """``.trash-*`` dirs whose deletion was interrupted, and ``.tmp-*`` dirs of dead builders."""
+def prune_leftovers(dry_run: bool = False) -> list[cachedir.Removed]:
+    """``.trash-*`` dirs whose deletion was interrupted, ``.tmp-*`` dirs of dead builders, and
+    lock files of entries that are gone (nobody holding them)."""
+    base = cachedir.ENVS.dir
     if not base.is_dir():
-        return
+        return []
+    removed = []
     for path in base.iterdir():
-        if path.name.startswith(".trash-"):
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.name.startswith(".tmp-") and path.name.count("-") >= 3:
-            kind, key = path.name[len(".tmp-"):].rsplit("-", 1)[0].rsplit("-", 1)
-            if _lock_free(kind, key):
+        name = _tmp_entry_name(path)
+        if path.name.startswith(cachedir.TRASH_PREFIX) or (name and _lock_free(name)):
+            removed.append(cachedir.Removed(cachedir.ENVS.name, path, tree_size(path),
+                                            "leftover of an interrupted build or removal"))
+            if not dry_run:
                 shutil.rmtree(path, ignore_errors=True)
+    return removed + cachedir.ENVS.prune_locks(_needs_lock, dry_run)
 
 
-def _lock_free(kind: str, key: str) -> bool:
-    with _try_locked(kind, key) as got:
+def _tmp_entry_name(path: Path) -> str | None:
+    """``kind-key`` of a relocatable build's temp dir ``.tmp-<kind>-<key>-<hex>``."""
+    if path.name.startswith(".tmp-") and path.name.count("-") >= 3:
+        return path.name[len(".tmp-"):].rsplit("-", 1)[0]
+    return None
+
+
+def _needs_lock(name: str) -> bool:
+    base = cachedir.ENVS.dir
+    return (base / name).exists() or any(base.glob(f".tmp-{name}-*"))
+
+
+def _lock_free(name: str) -> bool:
+    with cachedir.ENVS.try_lock(name) as got:
         return got

@@ -567,8 +567,52 @@ def sources_prune(older_than: str, dry_run: bool) -> None:
     removed = gitsource.prune(_older_than(older_than), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for m in removed:
-        click.echo(f"{verb} mirror of {m.get('url')} ({_size(m.get('size'))})", err=True)
-    click.echo(f"{verb} {len(removed)} mirror(s)", err=True)
+        if m["what"] == "worktree":
+            click.echo(f"{verb} work tree {m['path']} of a launch that died ({m.get('url')})",
+                       err=True)
+        elif m["what"] != "lock":
+            click.echo(f"{verb} mirror of {m.get('url')} ({_size(m.get('size'))})", err=True)
+    click.echo(f"{verb} {sum(m['what'] == 'mirror' for m in removed)} mirror(s)", err=True)
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The whole cache (envs, git mirrors, locks, markers, spool, conda packages): list, prune."""
+
+
+@cache_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def cache_list(as_json: bool) -> None:
+    """Show every folder under the cache root: what it holds, its size, what prune removes."""
+    from projectrun import cachedir, cachegc
+
+    rows = cachegc.list_folders()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"cache root: {cachedir.root()}", err=True)
+    _table(["folder", "entries", "size", "prune removes"],
+           [[r["folder"], str(r["entries"]), _size(r["size"]), r["prune"].replace("`", "")]
+            for r in rows])
+
+
+@cache_group.command("prune")
+@click.option("--older-than", default="30d", show_default=True,
+              help="Remove envs, mirrors, markers and channel metadata unused this long.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as a JSON list.")
+def cache_prune(older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Remove from every cache folder what is stale and unused (see `cache list`); never what a
+    running launch, build or fetch uses, nor a spooled run not recorded yet."""
+    from projectrun import cachegc
+
+    removed = cachegc.prune(_older_than(older_than), dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps([{**r.__dict__, "path": str(r.path)} for r in removed], indent=2))
+    verb = "would remove" if dry_run else "removed"
+    for r in removed if not as_json else []:
+        click.echo(f"{verb} {r.what} ({r.path}, {_size(r.size)})", err=True)
+    click.echo(f"{verb} {len(removed)} item(s), {_size(sum(r.size for r in removed))}", err=True)
 
 
 def _report(message: str) -> None:

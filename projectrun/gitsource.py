@@ -3,8 +3,11 @@
 MLflow clones every git project into a new temp dir and never deletes it. Here the first launch
 clones a bare mirror (into a temp dir, renamed into place, so a failed clone leaves nothing
 behind), later launches only ``git fetch`` into it, and each launch gets its own detached
-``git worktree`` so parallel runs of different versions never share files. A file lock per
-mirror serialises clone/fetch between processes.
+``git worktree`` so parallel runs of different versions never share files. The mirror's lock
+(``cachedir.GIT``) serialises clone/fetch between processes; each work tree's launch holds a
+users lock on it (``locks/worktree-<mirror key>-<name>.users``, naming the tree) from before it
+exists until it is removed, so ``prune`` tells a running launch's tree from one a killed launch
+left behind, and never removes a mirror a launch is checking out of.
 
 Git always runs with an argument list, without terminal prompts (a bad token fails at once
 instead of hanging a sweep), in the C locale (so its stderr can be classified) and with an
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -22,14 +24,12 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from projectrun import cache
+from projectrun import cachedir
 from projectrun.errors import NetworkError, SourceError, UsageError
 from projectrun.gitinfo import strip_credentials
 
@@ -41,6 +41,8 @@ PROTOCOLS = ("https", "http", "ssh", "git", "file")
 SUBMODULE_PROTOCOLS = ("https", "http", "ssh", "git")
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 META_FILE = "projectrun.json"
+#: prefix of every per-launch work tree (in the temp dir); prune deletes nothing else it finds there
+TREE_PREFIX = "projectrun-git-"
 _URL_SCHEMES = {"https", "http", "ssh", "git", "git+ssh", "ssh+git", "file"}
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 # Git variables a user may rely on; the rest (GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE ... exported
@@ -66,7 +68,7 @@ _NOT_FOUND = ("repository not found", "does not appear to be a git repository",
 
 def mirrors_dir() -> Path:
     """``<cache root>/git``: the mirrors, their lock files and temp dirs of clones under way."""
-    return cache.root() / "git"
+    return cachedir.GIT.dir
 
 
 def mirror_key(url: str) -> str:
@@ -75,7 +77,7 @@ def mirror_key(url: str) -> str:
 
 
 def mirror_path(url: str) -> Path:
-    return mirrors_dir() / f"{mirror_key(url)}.git"
+    return cachedir.GIT.path(mirror_key(url))
 
 
 # --------------------------------------------------------------------------- URLs
@@ -177,33 +179,18 @@ def _refs(repo: Path, prefix: str, sort: str) -> list[str]:
 
 
 def _read_meta(mirror: Path) -> dict[str, Any]:
-    try:
-        return json.loads((mirror / META_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    return cachedir.read_json(mirror / META_FILE)
 
 
 def _write_meta(mirror: Path, url: str, fetched: bool) -> None:
     now = time.time()
     meta = {"url": url, "created": now, "fetched": now, **_read_meta(mirror)}
     meta.update(url=url, used=now, **({"fetched": now} if fetched else {}))
-    tmp = mirror / f"{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, mirror / META_FILE)
+    cachedir.write_json(mirror / META_FILE, meta)
 
 
-@contextlib.contextmanager
-def _locked(mirror: Path, report: Report, what: str) -> Iterator[None]:
-    lock = FileLock(str(mirror.with_suffix(".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        report(f"waiting for another projectrun {what}")
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+def _locked(mirror: Path, report: Report, what: str) -> contextlib.AbstractContextManager[None]:
+    return cachedir.GIT.lock(mirror.stem, report, f"waiting for another projectrun {what}")
 
 
 def _clone(url: str, mirror: Path, report: Report) -> None:
@@ -311,10 +298,9 @@ class GitCheckout:
         return self.branch if self.version is not None else None
 
     def cleanup(self) -> None:
-        """Delete the work tree and drop its registration in the mirror; safe to call twice."""
-        shutil.rmtree(self.worktree, ignore_errors=True)
-        if self.mirror is not None and self.mirror.is_dir():
-            _git(["worktree", "prune"], self.mirror, check=False)
+        """Delete the work tree, its registration in the mirror and its users lock; safe to call
+        twice."""
+        _drop_tree(self.mirror, self.worktree)
 
     def __enter__(self) -> GitCheckout:
         return self
@@ -323,23 +309,60 @@ class GitCheckout:
         self.cleanup()
 
 
-def _worktree(mirror: Path, sha: str, offline: bool, report: Report) -> Path:
-    tree = Path(tempfile.mkdtemp(prefix="projectrun-git-"))
+def _tree_lock(mirror: Path, tree: Path) -> Path:
+    """The users lock of one launch's work tree; it holds the tree's path, for prune."""
+    return cachedir.LOCKS.users_path(f"worktree-{mirror.stem}-{tree.name}")
+
+
+def _reserve_tree(mirror: Path) -> Path:
+    """An empty dir for a work tree, held in use from before git registers it: a prune never
+    sees a registered tree without its lock held."""
+    tree = Path(tempfile.mkdtemp(prefix=TREE_PREFIX))
     try:
-        _git(["worktree", "add", "--detach", "--quiet", str(tree), sha], mirror)
-        if (tree / ".gitmodules").exists():
-            if offline:
-                report("warning: --offline: submodules are not fetched")
-            else:
-                proc = _git(["submodule", "update", "--init", "--recursive", "--quiet"], tree,
-                            protocols=SUBMODULE_PROTOCOLS, check=False)
-                if proc.returncode != 0:
-                    report(f"warning: submodules not fetched: {_git_error(proc.stderr, None, 'submodule')}")
+        cachedir.hold(_tree_lock(mirror, tree), note=str(tree))
     except BaseException:
-        shutil.rmtree(tree, ignore_errors=True)
-        _git(["worktree", "prune"], mirror, check=False)
+        tree.rmdir()
         raise
     return tree
+
+
+def _drop_tree(mirror: Path | None, tree: Path) -> None:
+    shutil.rmtree(tree, ignore_errors=True)
+    if mirror is None:
+        return
+    if mirror.is_dir():
+        _git(["worktree", "prune"], mirror, check=False)
+    lock = _tree_lock(mirror, tree)
+    cachedir.release(lock)
+    cachedir.discard([lock])
+
+
+def _worktree(mirror: Path, sha: str) -> Path:
+    """Check ``sha`` out into a new work tree; under the mirror's lock, because a ``git fetch``
+    in the mirror fails on a work tree that is being added ("bad object worktrees/.../HEAD")."""
+    tree = _reserve_tree(mirror)
+    try:
+        _git(["worktree", "add", "--detach", "--quiet", str(tree), sha], mirror)
+    except BaseException:
+        _drop_tree(mirror, tree)
+        raise
+    return tree
+
+
+def _submodules(mirror: Path, tree: Path, offline: bool, report: Report) -> None:
+    if not (tree / ".gitmodules").exists():
+        return
+    if offline:
+        report("warning: --offline: submodules are not fetched")
+        return
+    try:
+        proc = _git(["submodule", "update", "--init", "--recursive", "--quiet"], tree,
+                    protocols=SUBMODULE_PROTOCOLS, check=False)
+    except BaseException:
+        _drop_tree(mirror, tree)
+        raise
+    if proc.returncode != 0:
+        report(f"warning: submodules not fetched: {_git_error(proc.stderr, None, 'submodule')}")
 
 
 def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = False,
@@ -357,16 +380,16 @@ def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = Fa
         raise SourceError(f"{url}: invalid version '{version}'")
     safe = strip_credentials(url)
     mirror = mirror_path(url)
-    cache.ensure_root()
-    mirror.parent.mkdir(exist_ok=True)
+    cachedir.GIT.ensure()
     with _locked(mirror, report, f"fetching {safe}"):
         fetched = _refresh(url, mirror, version, offline, report)
         found = _resolve(mirror, version)
         if found is None:
             raise _unknown_version(mirror, safe, version, offline)
         _write_meta(mirror, safe, fetched)
-    commit, branch = found
-    tree = _worktree(mirror, commit, offline, report)
+        commit, branch = found
+        tree = _worktree(mirror, commit)
+    _submodules(mirror, tree, offline, report)
     checkout = GitCheckout(directory=tree, worktree=tree, commit=commit, branch=branch,
                            repo_url=safe, fetched=fetched, version=version, mirror=mirror)
     sub = subdir.strip("/")
@@ -386,22 +409,72 @@ def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = Fa
 # --------------------------------------------------------------------------- sources list / prune
 
 
-def _size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
+def _tree_locks(mirror: Path | None = None) -> list[Path]:
+    """Users locks of work trees: of ``mirror``, or of every mirror (gone ones too)."""
+    pattern = f"worktree-{mirror.stem}-*.users" if mirror else "worktree-*.users"
+    return sorted(cachedir.LOCKS.dir.glob(pattern))
 
 
-def _live_worktrees(mirror: Path) -> int:
-    """Work trees of running launches: registered in the mirror and still on disk."""
-    count = 0
+def _lock_mirror(lock: Path) -> Path:
+    """The mirror a work tree lock ``worktree-<mirror key>-<tree name>.users`` belongs to."""
+    return cachedir.GIT.path(lock.name.split("-")[1])
+
+
+def _unlocked_trees(mirror: Path) -> list[Path]:
+    """Registered work trees on disk without a users lock: made by a projectrun from before
+    those locks, so only their age can tell whether their launch still runs."""
+    trees = []
     for gitdir in (mirror / "worktrees").glob("*/gitdir"):
         with contextlib.suppress(OSError):
-            count += Path(gitdir.read_text().strip()).exists()
-    return count
+            tree = Path(gitdir.read_text().strip()).parent
+            if tree.is_dir() and not _tree_lock(mirror, tree).exists():
+                trees.append(tree)
+    return trees
+
+
+def _live_worktrees(mirror: Path, older_than: float | None = None, now: float = 0.0) -> int:
+    """Work trees of running launches: their users lock is held. One without a lock counts while
+    on disk, or, for prune (``older_than``), while younger than that."""
+    held = sum(cachedir.is_held(lock) for lock in _tree_locks(mirror))
+    unlocked = [t for t in _unlocked_trees(mirror)
+                if older_than is None or not cachedir.older(cachedir.mtime(t), older_than, now)]
+    return held + len(unlocked)
+
+
+def _tree_entry(mirror: Path, tree: Path) -> dict[str, Any]:
+    return {"what": "worktree", "key": mirror.stem, "url": _read_meta(mirror).get("url"),
+            "path": str(tree), "size": cachedir.tree_size(tree), "created": cachedir.mtime(tree),
+            "fetched": None, "used": None, "in_use": 0}
+
+
+def _dead_tree(lock: Path) -> Path | None:
+    """The work tree a free users lock names, if it is one of ours (never delete anything else)."""
+    text = lock.read_text(encoding="utf-8", errors="replace").strip()
+    tree = Path(text) if text else None
+    return tree if tree and tree.is_absolute() and tree.name.startswith(TREE_PREFIX) else None
+
+
+def prune_worktrees(older_than: float, now: float, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Work trees left by launches that died (SIGKILL, a reboot): their users lock is free (or,
+    without a lock, they are older than ``older_than``); the lock files go with them."""
+    dead = []
+    for lock in _tree_locks():
+        with cachedir.try_locked(lock, create=False) as free:
+            tree = _dead_tree(lock) if free else None
+            if free and not dry_run:
+                lock.unlink(missing_ok=True)  # ours: held right now
+        if tree is not None and tree.exists():
+            dead.append(_tree_entry(_lock_mirror(lock), tree))
+    dead += [_tree_entry(mirror, tree) for mirror in mirrors_dir().glob("*.git")
+             for tree in _unlocked_trees(mirror)
+             if cachedir.older(cachedir.mtime(tree), older_than, now)]
+    if not dry_run:
+        for entry in dead:
+            shutil.rmtree(entry["path"], ignore_errors=True)
+        for mirror in {cachedir.GIT.path(e["key"]) for e in dead}:
+            if mirror.is_dir():
+                _git(["worktree", "prune"], mirror, check=False)
+    return dead
 
 
 def list_mirrors() -> list[dict[str, Any]]:
@@ -411,45 +484,68 @@ def list_mirrors() -> list[dict[str, Any]]:
     for mirror in mirrors_dir().glob("*.git"):
         meta = _read_meta(mirror)
         entries.append({"key": mirror.stem, "url": meta.get("url", "?"), "path": str(mirror),
-                        "size": _size(mirror), "created": meta.get("created"),
+                        "size": cachedir.tree_size(mirror), "created": meta.get("created"),
                         "fetched": meta.get("fetched"), "used": meta.get("used"),
                         "in_use": _live_worktrees(mirror)})
     return sorted(entries, key=lambda e: e["used"] or 0, reverse=True)
 
 
 def prune(older_than_seconds: float, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Remove mirrors unused for ``older_than_seconds`` (skipping ones a launch is using or
-    fetching right now) and temp dirs left by killed clones; returns what was (or would be)
-    removed."""
-    cutoff = time.time() - older_than_seconds
-    removed = []
+    """Remove work trees of launches that died, then mirrors unused for ``older_than_seconds``
+    (skipping ones a launch is using or fetching right now), temp dirs left by killed clones and
+    lock files of mirrors that are gone; returns what was (or would be) removed, each dict's
+    ``what`` saying which ("worktree", "mirror", "clone", "lock")."""
+    now = time.time()
+    removed = prune_worktrees(older_than_seconds, now, dry_run)
     for entry in list_mirrors():
-        if entry["in_use"] or (entry["used"] or 0) > cutoff:
+        mirror = Path(entry["path"])
+        if not _prunable(mirror, older_than_seconds, now):
             continue
-        if dry_run or _remove_if_idle(Path(entry["path"])):
-            removed.append(entry)
+        if dry_run or _remove_if_idle(mirror, mirror.stem, older_than_seconds, now):
+            removed.append({"what": "mirror", **entry})
+    removed += _prune_clones(older_than_seconds, now, dry_run)
+    if not dry_run:
+        cachedir.sweep_trash(mirrors_dir())
+    removed += [{"what": "lock", "key": r.path.stem, "url": None, "path": str(r.path), "size": 0,
+                 "created": None, "fetched": None, "used": None, "in_use": 0}
+                for r in cachedir.GIT.prune_locks(_needs_lock, dry_run)]
+    return removed
+
+
+def _prunable(mirror: Path, older_than: float, now: float) -> bool:
+    used = _read_meta(mirror).get("used")
+    return cachedir.older(used, older_than, now) and not _live_worktrees(mirror, older_than, now)
+
+
+def _prune_clones(older_than: float, now: float, dry_run: bool) -> list[dict[str, Any]]:
+    """Temp dirs of clones that were killed (their mirror's lock is free)."""
+    removed = []
     for tmp in mirrors_dir().glob(".tmp-*"):
         key = tmp.name.split("-")[1]
-        mtime = tmp.stat().st_mtime
-        if mtime > cutoff:
+        created = cachedir.mtime(tmp)
+        if not cachedir.older(created, older_than, now):
             continue
-        entry = {"key": key, "url": None, "path": str(tmp), "size": _size(tmp),
-                 "created": mtime, "fetched": None, "used": None, "in_use": 0}
-        if dry_run or _remove_if_idle(tmp, mirrors_dir() / f"{key}.git"):
+        entry = {"what": "clone", "key": key, "url": None, "path": str(tmp),
+                 "size": cachedir.tree_size(tmp), "created": created, "fetched": None,
+                 "used": None, "in_use": 0}
+        if dry_run or _remove_if_idle(tmp, key):
             removed.append(entry)
     return removed
 
 
-def _remove_if_idle(path: Path, mirror: Path | None = None) -> bool:
-    lock = FileLock(str((mirror or path).with_suffix(".lock")))
-    try:
-        lock.acquire(timeout=0)  # a clone or fetch is running: leave it alone
-    except Timeout:
-        return False
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    finally:
-        lock.release()
+def _needs_lock(key: str) -> bool:
+    return cachedir.GIT.path(key).exists() or any(mirrors_dir().glob(f".tmp-{key}-*"))
+
+
+def _remove_if_idle(path: Path, key: str, older_than: float | None = None, now: float = 0.0) -> bool:
+    """Remove ``path`` under the mirror's lock, if nobody holds it (a clone or fetch is running)
+    and, for a mirror, it is still prunable once we hold it (a launch may have used it since)."""
+    with cachedir.GIT.try_lock(key) as free:
+        if not free or (older_than is not None and not _prunable(path, older_than, now)):
+            return False
+        cachedir.remove_tree(path)
+        if not _needs_lock(key):
+            cachedir.GIT.lock_path(key).unlink(missing_ok=True)  # ours: held right now
     return True
 
 
@@ -466,5 +562,7 @@ def remove(url_or_key: str) -> dict[str, Any]:
                          "shows their URLs and keys")
     entry = matches[0]
     with _locked(Path(entry["path"]), lambda _msg: None, "removing"):
-        shutil.rmtree(entry["path"], ignore_errors=True)
+        cachedir.remove_tree(Path(entry["path"]))
+        if not _needs_lock(entry["key"]):
+            cachedir.GIT.lock_path(entry["key"]).unlink(missing_ok=True)  # ours: held right now
     return entry

@@ -16,15 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from projectrun import cache, redact
+from projectrun import cachedir, redact
 
 Reporter = Callable[[str], None]
 
 
 def spool_dir() -> Path:
-    path = cache.ensure_root() / "spool"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return cachedir.SPOOL.ensure()
 
 
 def save(uri: str, run_id: str, status: str, params: dict[str, str], tags: dict[str, str],
@@ -45,7 +43,7 @@ def save(uri: str, run_id: str, status: str, params: dict[str, str], tags: dict[
 
 
 def _records(uri: str) -> list[tuple[Path, dict[str, Any]]]:
-    base = cache.root() / "spool"
+    base = cachedir.SPOOL.dir
     if not base.is_dir():
         return []
     out = []
@@ -103,3 +101,36 @@ def _apply(tracker: Any, record: dict[str, Any]) -> None:
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
     tracker.terminate(run_id, str(record["status"]), end_time=int(record["end_time"]))
+
+
+def prune(dry_run: bool = False, now: float | None = None) -> list[cachedir.Removed]:
+    """What finished replays and crashed writers left, once older than ``cachedir.GRACE``: the log
+    of a record that was replayed, ``.replay-*`` dirs and temp files. Never a record
+    (``<run>.json``) nor one a replayer has claimed: those are runs not recorded yet."""
+    base = cachedir.SPOOL.dir
+    if not base.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for path in sorted(base.iterdir()):
+        if not _leftover(path) or not cachedir.older(cachedir.mtime(path), cachedir.GRACE, now):
+            continue
+        removed.append(cachedir.Removed(cachedir.SPOOL.name, path, cachedir.tree_size(path),
+                                        "spool leftover of a replayed run"))
+        if not dry_run:
+            cachedir.remove_tree(path)
+    return removed
+
+
+def _leftover(path: Path) -> bool:
+    name = path.name
+    if name.endswith(".log") and not name.startswith("."):
+        return not _pending(path.parent, name[:-len(".log")])
+    if name.startswith(".replay-"):
+        return not _pending(path.parent, name[len(".replay-"):])
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _pending(base: Path, run_id: str) -> bool:
+    """The run still has a record to replay, or a replayer working on it."""
+    return (base / f"{run_id}.json").exists() or any(base.glob(f".{run_id}.replaying-*"))

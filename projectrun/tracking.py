@@ -106,16 +106,12 @@ def _refuse_other_revision(uri: str) -> None:
 
 
 def _sqlite_lock(uri: str) -> Any:
+    """The cache's lock ``locks/sqlite-<hash of uri>.lock``, held while a new database is made."""
     import hashlib
 
-    from filelock import FileLock
+    from projectrun import cachedir
 
-    from projectrun import cache
-
-    locks = cache.ensure_root() / "locks"
-    locks.mkdir(exist_ok=True)
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    return FileLock(str(locks / f"sqlite-{digest}.lock"))
+    return cachedir.LOCKS.lock(f"sqlite-{hashlib.sha256(uri.encode()).hexdigest()[:16]}")
 
 
 def base_tags(source_name: str, entry_point: str) -> dict[str, str]:

@@ -430,21 +430,32 @@ def _valid_marker(data: Any, schema_name: str) -> Path | None:
     import hashlib
 
     try:
-        from projectrun import cache
+        from projectrun import cachedir
 
         schema = (_schema_dir() / schema_name).read_bytes()
         body = json.dumps(data, sort_keys=True, default=str).encode()
         digest = hashlib.sha256(schema + b"\0" + body).hexdigest()[:32]
-        return cache.root() / "validated" / digest
+        return cachedir.VALIDATED.path(digest)
     except (OSError, TypeError, ValueError):
         return None
+
+
+def _known_valid(marker: Path) -> bool:
+    """The marker exists; its mtime becomes now, so ``cache prune`` ages markers by last use."""
+    try:
+        os.utime(marker)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a read-only cache: the marker still counts
+        return marker.exists()
+    return True
 
 
 def schema_problems(doc: YamlDoc, schema_name: str) -> list[str]:
     """Every schema violation as ``file:line: message``, in file order."""
     data = _jsonable(doc.data)
     marker = _valid_marker(data, schema_name)
-    if marker is not None and marker.exists():
+    if marker is not None and _known_valid(marker):
         return []
     import jsonschema
 
@@ -457,7 +468,9 @@ def schema_problems(doc: YamlDoc, schema_name: str) -> list[str]:
             found.append((doc.line(path), f"{doc.where(path)}: {_describe(error)}"))
     if not found and marker is not None:
         try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
+            from projectrun import cachedir
+
+            cachedir.VALIDATED.ensure()
             marker.touch()
         except OSError:
             pass  # a read-only cache only costs speed

@@ -22,3 +22,12 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_quick_start_runs_the_scip_demo() -> None:
     command = _code_blocks_after("## Quick start")
     assert "projectrun fixtures/scip -P l1_ratio=0.003 --experiment-name scip" in command
+
+
+def test_cache_layout_lists_every_folder_prune_knows() -> None:
+    """The README's table and ``projectrun cache list`` come from the same rows."""
+    from projectrun.cachegc import LAYOUT
+
+    section = (REPO / "README.md").read_text().split("### Cache layout", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert rows == [f"| `{f.path}` | {f.holds} | {f.prune} |" for f in LAYOUT]

@@ -10,6 +10,7 @@ hash when a lock is used. rattler is imported only when an env is built (``conda
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from projectrun import cache
+from projectrun import cache, cachedir
 from projectrun.envs import Context, Invocation, prepend_path, shell
 from projectrun.envs.condachannels import (
     ChannelConfig,
@@ -38,7 +39,9 @@ from projectrun.spec import Project
 
 NAME = "conda"
 LOCK_FILE = "conda-lock.yml"
-_SHARED = "conda"  # <root>/conda/pkgs and <root>/conda/repodata, shared by every conda env
+_SHARED = cachedir.CONDA.name  # <root>/conda/pkgs and <root>/conda/repodata, shared by every env
+#: rattler's files for one package in pkgs/: ``<dist>/`` (extracted), ``<dist>.lock``, archives
+_DIST_SUFFIXES = (".lock", ".conda", ".tar.bz2")
 
 
 @dataclass(frozen=True)
@@ -153,9 +156,69 @@ def content_hash(plan: EnvPlan) -> str:
 
 
 def shared_dir(name: str) -> Path:
-    path = cache.ensure_root() / _SHARED / name
+    path = cachedir.CONDA.ensure() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _shared_lock() -> Path:
+    return cachedir.LOCKS.users_path(_SHARED)
+
+
+def using_shared() -> contextlib.AbstractContextManager[None]:
+    """Held (shared) by every solve and install while it reads or fills ``conda/``: a prune
+    empties it only when nobody does."""
+    cachedir.ensure_root()
+    return cachedir.shared(_shared_lock())
+
+
+def prune_shared(older_than: float, now: float, *, gone: frozenset[Path] = frozenset(),
+                 dry_run: bool = False) -> list[cachedir.Removed]:
+    """Packages in ``conda/pkgs`` that no env under ``envs/`` (but those in ``gone``, being
+    pruned) was installed from, and channel metadata in ``conda/repodata`` not refreshed for
+    ``older_than``; nothing at all while a conda solve or install runs."""
+    base = cachedir.CONDA.dir
+    if not base.is_dir():
+        return []
+    with contextlib.ExitStack() as stack:  # a dry run only looks (and creates no lock file)
+        free = (not cachedir.is_held(_shared_lock()) if dry_run
+                else stack.enter_context(cachedir.try_locked(_shared_lock())))
+        if not free:
+            return []
+        used = _used_packages(gone)
+        removed = []
+        pkgs = base / "pkgs"
+        for path in sorted(pkgs.iterdir()) if pkgs.is_dir() else []:
+            if path.name.startswith(".") or _dist_name(path.name) in used:
+                continue  # rattler's own state (.cache.lock), or a package an env came from
+            removed.append(cachedir.Removed("conda/pkgs", path, cachedir.tree_size(path),
+                                            "conda package no env uses"))
+            if not dry_run:
+                cachedir.remove_tree(path)
+        removed += cachedir.prune_old(base / "repodata", "conda/repodata", older_than, now,
+                                      "channel metadata", dry_run)
+        if not dry_run:
+            _shared_lock().unlink(missing_ok=True)  # held by us: safe, and leaves no stale lock
+        return removed
+
+
+def _dist_name(name: str) -> str:
+    for suffix in _DIST_SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _used_packages(gone: frozenset[Path]) -> set[str]:
+    """The pkgs/ names every env's conda-meta records were linked from (any kind, any state:
+    an incomplete env may be rebuilt from the same packages)."""
+    used = set()
+    for record in cachedir.ENVS.dir.glob("*/conda-meta/*.json"):
+        if record.parent.parent in gone:
+            continue
+        source = cachedir.read_json(record).get("extracted_package_dir")
+        used.add(Path(source).name if isinstance(source, str) and source else record.stem)
+    return used
 
 
 def build_prefix(path: Path, plan: EnvPlan, ctx: Context) -> None:
@@ -165,17 +228,18 @@ def build_prefix(path: Path, plan: EnvPlan, ctx: Context) -> None:
     started = time.monotonic()
     source = f"{plan.spec.lock.name} (locked)" if plan.spec.lock else plan.spec.path.name
     ctx.report(f"building conda env {plan.key} from {source} in {path}")
-    if plan.spec.lock:
-        check_lock_fresh(plan)
-        records = condasolve.locked_records(plan.spec.lock, plan.platform)
-    else:
-        records = condasolve.solve(plan.channels, plan.specs, plan.platform,
-                                   shared_dir("repodata"), offline=ctx.offline)
-    progress = ctx.step(f"conda env {plan.key}")
-    try:
-        condasolve.install(records, path, shared_dir("pkgs"), progress)
-    finally:
-        progress.close()
+    with using_shared():
+        if plan.spec.lock:
+            check_lock_fresh(plan)
+            records = condasolve.locked_records(plan.spec.lock, plan.platform)
+        else:
+            records = condasolve.solve(plan.channels, plan.specs, plan.platform,
+                                       shared_dir("repodata"), offline=ctx.offline)
+        progress = ctx.step(f"conda env {plan.key}")
+        try:
+            condasolve.install(records, path, shared_dir("pkgs"), progress)
+        finally:
+            progress.close()
     if plan.spec.pip:
         _install_pip_section(path, plan.spec, ctx)
     ctx.report(f"built conda env {plan.key}: {_summary(path, len(records), started)}")

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from projectrun.envs import Context
-from projectrun.envs.conda import LOCK_FILE, EnvPlan, content_hash, current_platform, plan_env, shared_dir
+from projectrun.envs.conda import (
+    LOCK_FILE,
+    EnvPlan,
+    content_hash,
+    current_platform,
+    plan_env,
+    shared_dir,
+    using_shared,
+)
 from projectrun.errors import UsageError
 
 PLATFORMS = ("linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64")
@@ -30,10 +38,12 @@ def write_lock(conda_yaml: Path, platforms: Sequence[str], ctx: Context) -> tupl
     plan = plan_env(conda_yaml)
     native = current_platform()
     solved: dict[str, list[Any]] = {}
-    for name in platforms or [native]:
-        ctx.report(f"solving {conda_yaml.name} for {name}")
-        solved[name] = condasolve.solve(plan.channels, plan.specs, name, shared_dir("repodata"),
-                                        offline=ctx.offline, native=name == native)
+    with using_shared():
+        for name in platforms or [native]:
+            ctx.report(f"solving {conda_yaml.name} for {name}")
+            solved[name] = condasolve.solve(plan.channels, plan.specs, name,
+                                            shared_dir("repodata"), offline=ctx.offline,
+                                            native=name == native)
     target = conda_yaml.parent / LOCK_FILE
     _write(target, plan, solved)
     return target, {name: len(records) for name, records in solved.items()}
