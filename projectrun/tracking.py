@@ -63,7 +63,7 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     if uri.startswith("file:") and not uri.startswith("file://"):
         path = uri[len("file:"):]
         return (cwd / path).resolve().as_uri() if not path.startswith("/") else Path(path).as_uri()
-    if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.I):
+    if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.IGNORECASE):
         return (cwd / uri).resolve().as_uri()  # a plain path is a file store
     try:
         urllib.parse.urlsplit(uri)
@@ -245,7 +245,7 @@ class Tracker:
                 raise TrackingError(f"tracking server {self.uri} is not reachable ({reason}); start it "
                                     f"or fix MLFLOW_TRACKING_URI") from None
             raise TrackingError(f"tracking store {self.uri}: {what} failed: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - MlflowException, HTTP, sqlite and sqlalchemy errors
+        except Exception as exc:  # MlflowException, HTTP, sqlite and sqlalchemy errors
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrackingError(f"tracking store {self.uri}: {what} failed: {message}") from exc
 

@@ -233,7 +233,7 @@ class SqliteStore:
         if row is None or row[0] != "active":
             raise Unsupported("let MLflow report the missing or deleted run")
 
-    def _write(self) -> Any:
+    def _write(self) -> _Transaction:
         return _Transaction(self.conn)
 
 
@@ -257,7 +257,7 @@ class _Transaction:
             _THREADS.release()
             raise
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
