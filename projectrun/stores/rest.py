@@ -26,7 +26,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from projectrun.stores import AlreadyExists, Experiment, Unsupported
+from projectrun.stores import AlreadyExists, Experiment, Store, Unsupported
 
 API = "/api/2.0/mlflow/"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
@@ -202,7 +202,7 @@ def _stale(conn: http.client.HTTPConnection) -> bool:
         return True
 
 
-class RestStore:
+class RestStore(Store):
     """An ``http(s)://`` tracking server through its REST API, one keep-alive connection per thread."""
 
     def __init__(self, uri: str) -> None:

@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from projectrun.stores import Experiment, Unsupported
+from projectrun.stores import Experiment, Store, Unsupported
 
 #: columns each table must have; any other column must be nullable or have a default
 _WRITTEN = {
@@ -89,7 +89,7 @@ def check_revision(conn: sqlite3.Connection, uri: str) -> None:
                         f"installed MLflow writes {head}; projectrun leaves it unchanged: {advice}")
 
 
-class SqliteStore:
+class SqliteStore(Store):
     def __init__(self, path: str, conn: sqlite3.Connection, workspace: bool) -> None:
         self.path = path
         self.conn = conn
