@@ -139,6 +139,18 @@ def base_tags(source_name: str, entry_point: str) -> dict[str, str]:
     }
 
 
+def _experiment_choice(name: str | None, experiment_id: str | None) -> tuple[str | None, str | None]:
+    """At most one of the flags, else of MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID."""
+    if name and experiment_id:
+        raise UsageError("give only one of --experiment-name and --experiment-id")
+    if not name and not experiment_id:
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+        if name and experiment_id:
+            raise UsageError("both MLFLOW_EXPERIMENT_NAME and MLFLOW_EXPERIMENT_ID are set; unset one")
+    return name, experiment_id
+
+
 @dataclass
 class Tracker:
     """One tracking store: a fast path where one applies, MLflow's client for everything else."""
@@ -262,13 +274,7 @@ class Tracker:
         """Flags win over MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID; a missing name is created."""
         from projectrun.stores import AlreadyExists
 
-        if name and experiment_id:
-            raise UsageError("give only one of --experiment-name and --experiment-id")
-        if not name and not experiment_id:
-            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
-            experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
-            if name and experiment_id:
-                raise UsageError("both MLFLOW_EXPERIMENT_NAME and MLFLOW_EXPERIMENT_ID are set; unset one")
+        name, experiment_id = _experiment_choice(name, experiment_id)
         if experiment_id:
             exp = self._do("looking up the experiment", lambda s: s.get_experiment(experiment_id))
             if exp is None:
