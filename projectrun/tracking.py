@@ -12,13 +12,21 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from projectrun import redact
 from projectrun.errors import TrackingError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mlflow.tracking import MlflowClient
+
+    from projectrun.stores import Experiment, Store
+    from projectrun.stores.client import ClientStore
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
@@ -63,7 +71,7 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     if uri.startswith("file:") and not uri.startswith("file://"):
         path = uri[len("file:"):]
         return (cwd / path).resolve().as_uri() if not path.startswith("/") else Path(path).as_uri()
-    if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.I):
+    if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.IGNORECASE):
         return (cwd / uri).resolve().as_uri()  # a plain path is a file store
     try:
         urllib.parse.urlsplit(uri)
@@ -127,13 +135,26 @@ def base_tags(source_name: str, entry_point: str) -> dict[str, str]:
     }
 
 
+def _experiment_choice(name: str | None, experiment_id: str | None) -> tuple[str | None, str | None]:
+    """At most one of the flags, else of MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID."""
+    if name and experiment_id:
+        raise UsageError("give only one of --experiment-name and --experiment-id")
+    if not name and not experiment_id:
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+        if name and experiment_id:
+            raise UsageError("both MLFLOW_EXPERIMENT_NAME and MLFLOW_EXPERIMENT_ID are set; unset one")
+    return name, experiment_id
+
+
 @dataclass
 class Tracker:
     """One tracking store: a fast path where one applies, MLflow's client for everything else."""
 
     uri: str
-    _fast: Any = None
-    _slow: Any = None
+    #: None until probed; False when no fast path applies (MLflow's client does everything)
+    _fast: Store | Literal[False] | None = None
+    _slow: ClientStore | None = None
     _probed: bool = False
     #: retries already ran out once in this process: later writes try once (then get spooled)
     _gave_up: bool = False
@@ -141,9 +162,9 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         """MLflow's client, for what only it does (searches, downloads) and for fallbacks."""
-        return self._client_store().client  # type: ignore[no-any-return]
+        return self._client_store().client
 
-    def _client_store(self) -> Any:
+    def _client_store(self) -> ClientStore:
         if self._slow is None:
             try:
                 from projectrun.stores.client import ClientStore
@@ -164,7 +185,7 @@ class Tracker:
             self._slow = store
         return self._slow
 
-    def _fast_store(self) -> Any:
+    def _fast_store(self) -> Store | None:
         if self._fast is None:
             self._fast = False
             if os.environ.get("PROJECTRUN_TRACKING", "").lower() != "client":
@@ -176,9 +197,9 @@ class Tracker:
                     from projectrun.stores.rest import RestStore
 
                     self._fast = RestStore(self.uri)  # its first call fails fast if the server is down
-        return self._fast
+        return self._fast or None
 
-    def _do(self, what: str, op: str, *args: Any, persistent: bool = False) -> Any:
+    def _do(self, what: str, op: Callable[[Store], T], *, persistent: bool = False) -> T:
         """``_once``, retried with backoff while the failure is one time can cure: a locked sqlite
         database always (bounded), an unreachable store only for writes to an existing run
         (``persistent``; a launch that cannot reach its store at start fails at once)."""
@@ -186,7 +207,7 @@ class Tracker:
         delay = 0.25
         while True:
             try:
-                result = self._once(what, op, *args)
+                result = self._once(what, op)
                 self._gave_up = False
                 return result
             except TrackingError as exc:
@@ -198,17 +219,17 @@ class Tracker:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _once(self, what: str, op: str, *args: Any) -> Any:
+    def _once(self, what: str, op: Callable[[Store], T]) -> T:
         """``op`` on the fast store if there is one and it can; else through MLflow's client."""
         from projectrun.stores import Unsupported
 
         fast = self._fast_store()
         if fast:
             try:
-                return self._call(what, getattr(fast, op), *args)
+                return self._call(what, op, fast)
             except Unsupported:
                 pass
-        return self._call(what, getattr(self._client_store(), op), *args)
+        return self._call(what, op, self._client_store())
 
     def _probe_server(self) -> None:
         """Fail in seconds, not after MLflow's minutes of retries, when the server is down."""
@@ -227,7 +248,7 @@ class Tracker:
                                 f"or fix MLFLOW_TRACKING_URI") from None
         self._probed = True
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one store call; turn its exceptions into one line naming the store."""
         from projectrun.stores import AlreadyExists, Unsupported
 
@@ -241,7 +262,7 @@ class Tracker:
                 raise TrackingError(f"tracking server {self.uri} is not reachable ({reason}); start it "
                                     f"or fix MLFLOW_TRACKING_URI") from None
             raise TrackingError(f"tracking store {self.uri}: {what} failed: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - MlflowException, HTTP, sqlite and sqlalchemy errors
+        except Exception as exc:  # MlflowException, HTTP, sqlite and sqlalchemy errors
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrackingError(f"tracking store {self.uri}: {what} failed: {message}") from exc
 
@@ -249,39 +270,39 @@ class Tracker:
         """Flags win over MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID; a missing name is created."""
         from projectrun.stores import AlreadyExists
 
-        if name and experiment_id:
-            raise UsageError("give only one of --experiment-name and --experiment-id")
-        if not name and not experiment_id:
-            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
-            experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
-            if name and experiment_id:
-                raise UsageError("both MLFLOW_EXPERIMENT_NAME and MLFLOW_EXPERIMENT_ID are set; unset one")
+        name, experiment_id = _experiment_choice(name, experiment_id)
         if experiment_id:
-            exp = self._do("looking up the experiment", "get_experiment", experiment_id)
+            exp = self._do("looking up the experiment", lambda s: s.get_experiment(experiment_id))
             if exp is None:
                 raise UsageError(f"--experiment-id {experiment_id}: no such experiment in {self.uri}")
             self._check_active(exp, f"--experiment-id {experiment_id}")
             return str(exp.experiment_id)
         if not name:
             return "0"
-        exp = self._do("looking up the experiment", "get_experiment_by_name", name)
+        exp = self._experiment_by_name(name)
         if exp is None:
             try:
-                return str(self._do("creating the experiment", "create_experiment", name))
+                return str(self._do("creating the experiment", lambda s: s.create_experiment(name)))
             except AlreadyExists:  # a parallel launch created it first
-                exp = self._do("looking up the experiment", "get_experiment_by_name", name)
+                exp = self._experiment_by_name(name)
+                if exp is None:  # ... and it was deleted for good since
+                    raise TrackingError(f"tracking store {self.uri}: experiment '{name}' was "
+                                        f"created and removed meanwhile; try again") from None
         self._check_active(exp, f"--experiment-name {name}")
         return str(exp.experiment_id)
 
+    def _experiment_by_name(self, name: str) -> Experiment | None:
+        return self._do("looking up the experiment", lambda s: s.get_experiment_by_name(name))
+
     def existing_run_experiment(self, run_id: str) -> str:
         """``--run-id``: the run must exist; it keeps its own experiment."""
-        experiment = self._do("looking up the run", "run_experiment", run_id)
+        experiment = self._do("looking up the run", lambda s: s.run_experiment(run_id))
         if experiment is None:
             raise UsageError(f"--run-id {run_id}: no such run in {self.uri}")
         return str(experiment)
 
     @staticmethod
-    def _check_active(exp: Any, flag: str) -> None:
+    def _check_active(exp: Experiment, flag: str) -> None:
         if exp.lifecycle_stage == "deleted":
             raise UsageError(f"{flag}: experiment '{exp.name}' is deleted; restore it with "
                              f"`mlflow experiments restore --experiment-id {exp.experiment_id}` or pick another")
@@ -289,20 +310,18 @@ class Tracker:
     def create_run(self, experiment_id: str, tags: dict[str, str], params: dict[str, str],
                    run_name: str | None) -> str:
         """Create the RUNNING run with its tags, then every param in one batch."""
-        run_id: str = self._do("creating the run", "create_run", experiment_id, redact.mapping(tags),
-                               run_name, int(time.time() * 1000))
+        masked, start = redact.mapping(tags), int(time.time() * 1000)  # the same on each retry
+        run_id = self._do("creating the run",
+                          lambda s: s.create_run(experiment_id, masked, run_name, start))
         if params:
             self.log_params(run_id, params)
         return run_id
 
     def run_artifact_uri(self, run_id: str) -> str | None:
-        result: str | None = self._do("reading the run", "run_artifact_uri", run_id)
-        return result
+        return self._do("reading the run", lambda s: s.run_artifact_uri(run_id))
 
     def running_runs(self, experiment_id: str) -> list[tuple[str, dict[str, str]]]:
-        result: list[tuple[str, dict[str, str]]] = self._do(
-            "listing running runs", "running_runs", experiment_id)
-        return result
+        return self._do("listing running runs", lambda s: s.running_runs(experiment_id))
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         self._log("logging params", run_id, params, {})
@@ -315,17 +334,19 @@ class Tracker:
 
     def _log(self, what: str, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
         """Every param and tag goes through here and create_run: no credential reaches a store."""
-        self._do(what, "log_batch", run_id, redact.mapping(params), redact.mapping(tags),
-                 persistent=True)
+        masked_params, masked_tags = redact.mapping(params), redact.mapping(tags)
+        self._do(what, lambda s: s.log_batch(run_id, masked_params, masked_tags), persistent=True)
 
     def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
-        self._do("uploading " + path.name, "log_artifact", run_id, path, artifact_dir,
+        self._do("uploading " + path.name, lambda s: s.log_artifact(run_id, path, artifact_dir),
                  persistent=True)
 
     def set_running(self, run_id: str) -> None:
         """A resumed sweep's parent is RUNNING again until the sweep ends."""
-        self._do("reopening the run", "update_run", run_id, "RUNNING", None, persistent=True)
+        self._do("reopening the run", lambda s: s.update_run(run_id, "RUNNING", None),
+                 persistent=True)
 
     def terminate(self, run_id: str, status: str, end_time: int | None = None) -> None:
         end = int(time.time() * 1000) if end_time is None else end_time
-        self._do(f"marking the run {status}", "update_run", run_id, status, end, persistent=True)
+        self._do(f"marking the run {status}", lambda s: s.update_run(run_id, status, end),
+                 persistent=True)

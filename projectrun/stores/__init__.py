@@ -30,11 +30,23 @@ class Experiment(NamedTuple):
 
 
 class Store(Protocol):
-    def get_experiment(self, experiment_id: str) -> Experiment | None: ...
+    """What the tracker asks of a store; ``SqliteStore``, ``RestStore`` and ``ClientStore``
+    subclass it, so mypy checks each against these signatures.
+
+    Any call on a fast path may raise ``Unsupported``: the tracker then makes the same call on
+    ``ClientStore``, which never raises it. Other exceptions are the store's own (sqlite3,
+    HTTP, MlflowException); the tracker turns them into one ``TrackingError`` line.
+    """
+
+    def get_experiment(self, experiment_id: str) -> Experiment | None:
+        """None for no such experiment, a malformed id included."""
+        ...
 
     def get_experiment_by_name(self, name: str) -> Experiment | None: ...
 
-    def create_experiment(self, name: str) -> str: ...
+    def create_experiment(self, name: str) -> str:
+        """The new experiment's id; ``AlreadyExists`` if another launch created it first."""
+        ...
 
     def create_run(self, experiment_id: str, tags: dict[str, str], run_name: str | None,
                    start_time: int) -> str:
@@ -43,9 +55,13 @@ class Store(Protocol):
 
     def log_batch(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None: ...
 
-    def update_run(self, run_id: str, status: str, end_time: int | None) -> None: ...
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        """``status`` RUNNING (reopened; end_time None) or a terminal one with its end time."""
+        ...
 
-    def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None: ...
+    def log_artifact(self, run_id: str, path: Path, artifact_dir: str) -> None:
+        """The file ``path`` into the run's artifacts under ``artifact_dir`` ("" for the root)."""
+        ...
 
     def run_experiment(self, run_id: str) -> str | None:
         """The experiment of an existing run, or None if there is no such run."""

@@ -5,10 +5,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from projectrun.stores import AlreadyExists, Experiment
+from projectrun.stores import AlreadyExists, Experiment, Store
 
 
-class ClientStore:
+class ClientStore(Store):
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient
 

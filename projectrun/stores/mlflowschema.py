@@ -11,15 +11,15 @@ import json
 import re
 from pathlib import Path
 
-_REVISION = re.compile(r"^revision\s*=\s*['\"]([0-9a-zA-Z_]+)['\"]", re.M)
-_DOWN = re.compile(r"^down_revision\s*=\s*(.+)$", re.M)
+_REVISION = re.compile(r"^revision\s*=\s*['\"]([0-9a-zA-Z_]+)['\"]", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision\s*=\s*(.+)$", re.MULTILINE)
 
 
 def _versions_dir() -> Path | None:
     spec = importlib.util.find_spec("mlflow")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "store" / "db_migrations" / "versions"
+    path = Path(next(iter(spec.submodule_search_locations))) / "store" / "db_migrations" / "versions"
     return path if path.is_dir() else None
 
 

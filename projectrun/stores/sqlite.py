@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from projectrun.stores import Experiment, Unsupported
+from projectrun.stores import Experiment, Store, Unsupported
 
 #: columns each table must have; any other column must be nullable or have a default
 _WRITTEN = {
@@ -89,7 +89,7 @@ def check_revision(conn: sqlite3.Connection, uri: str) -> None:
                         f"installed MLflow writes {head}; projectrun leaves it unchanged: {advice}")
 
 
-class SqliteStore:
+class SqliteStore(Store):
     def __init__(self, path: str, conn: sqlite3.Connection, workspace: bool) -> None:
         self.path = path
         self.conn = conn
@@ -233,7 +233,7 @@ class SqliteStore:
         if row is None or row[0] != "active":
             raise Unsupported("let MLflow report the missing or deleted run")
 
-    def _write(self) -> Any:
+    def _write(self) -> _Transaction:
         return _Transaction(self.conn)
 
 
@@ -257,7 +257,7 @@ class _Transaction:
             _THREADS.release()
             raise
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
