@@ -52,7 +52,7 @@ SWEEP_TRIALS = 24
 SERVER_WARM_REQUESTS = 24
 #: `mlflow server`'s default uvicorn workers: each does its lazy setup on its first run creation
 SERVER_WORKERS = 4
-ALL_CASES = (0, 1, 2, 3, 4, 5, 6, 7, 9)
+ALL_CASES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
 #: variables of the caller that would point either tool elsewhere
 DROP_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
             "MLFLOW_ENV_ROOT", "PROJECTRUN_HOME", "PROJECTRUN_INSTALLER", "PROJECTRUN_PYTHON_DOWNLOADS",
@@ -1061,11 +1061,12 @@ def case_conda(ctx: Context) -> Case:
 
 # case modules import the harness as `run`: the same module object when this file is __main__
 sys.modules.setdefault("run", sys.modules[__name__])
+from case_docker import case_docker  # after the names it imports from this module
 from case_ray import case_ray  # after the names it imports from this module
 
 BUILDERS: dict[int, Callable[[Context], Case]] = {
     0: case_startup, 1: case_launch_local, 2: case_launch_server, 3: case_warm_python_env,
-    4: case_cold_python_env, 5: case_sweep, 6: case_git, 7: case_conda,
+    4: case_cold_python_env, 5: case_sweep, 6: case_git, 7: case_conda, 8: case_docker,
     9: case_ray,
 }
 #: cases whose named variant gets one extra launch under `python -X importtime`
@@ -1082,7 +1083,9 @@ def fmt_check(c: dict[str, Any]) -> tuple[str, str]:
     if c["value"] is None:
         return "-", "-"
     v = c["value"]
-    if c["unit"] == "s":
+    if c.get("shown"):  # a pass/fail check says what it found
+        value = str(c["shown"])
+    elif c["unit"] == "s":
         value = f"{v:.2f} s"
     elif c["unit"] == "ms":
         value = f"{v:.1f} ms"
