@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HOME_ENV_VAR = "PROJECTRUN_HOME"
+from projectrun import settings
+
+HOME_ENV_VAR = settings.HOME
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by projectrun.\n"
@@ -42,9 +44,9 @@ Reporter = Callable[[str], None]
 
 def root() -> Path:
     """``$PROJECTRUN_HOME`` if set, else the platform's user cache dir (``~/.cache/projectrun``)."""
-    value = os.environ.get(HOME_ENV_VAR)
-    if value:
-        return Path(value).expanduser().absolute()
+    home = settings.current().home
+    if home is not None:
+        return home
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("projectrun"))

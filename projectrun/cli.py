@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from projectrun import __version__, redact
+from projectrun import __version__, redact, settings
 from projectrun.envs import MANAGERS as ENV_MANAGERS
 from projectrun.errors import EXIT_USAGE, ProjectRunError, SpecError
 from projectrun.errors import RunFailed as RunFailedError
@@ -498,11 +498,10 @@ def runs_group() -> None:
 def runs_reconcile(experiment_name: str | None, experiment_id: str | None, dry_run: bool,
                    as_json: bool) -> None:
     """End RUNNING runs whose launcher is gone (killed, rebooted) as FAILED; list the others."""
-    import os
 
     from projectrun import reconcile, tracking
 
-    tracker = tracking.Tracker(tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
+    tracker = tracking.Tracker(tracking.absolute_tracking_uri(settings.current().tracking_uri))
     if experiment_name or experiment_id:
         ids = [tracker.experiment_id(experiment_name, experiment_id)]
     else:
@@ -675,7 +674,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except Terminated as exc:  # SIGTERM/SIGHUP outside a run (a build, a sweep's set-up)
         click.echo(f"projectrun: stopped by {signal.Signals(exc.signum).name}", err=True)
         return 128 + exc.signum
-    except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback without --debug
+    except Exception as exc:
         if debug:
             raise
         click.echo(redact.text(f"projectrun: internal error: {type(exc).__name__}: {exc} "

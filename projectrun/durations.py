@@ -7,7 +7,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
 
 
-def parse_duration(value: float | int | str, *, allow_zero: bool = False) -> float:
+def parse_duration(value: float | str, *, allow_zero: bool = False) -> float:
     """Seconds from a number or from text such as ``90``, ``90s``, ``10m``, ``1h30m``, ``1.5h``, ``2d``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0 or (value == 0 and not allow_zero):

@@ -302,7 +302,7 @@ class GitCheckout:
         twice."""
         _drop_tree(self.mirror, self.worktree)
 
-    def __enter__(self) -> GitCheckout:
+    def __enter__(self) -> GitCheckout:  # noqa: PYI034 - typing.Self needs 3.11; the class is final
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,29 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from projectrun import interrupts
+from projectrun import interrupts, settings
 from projectrun.envs import Invocation
-from projectrun.errors import UsageError
 
-GRACE_ENV_VAR = "PROJECTRUN_KILL_GRACE"
-DEFAULT_GRACE = 10.0
+GRACE_ENV_VAR = settings.KILL_GRACE
+DEFAULT_GRACE = settings.DEFAULT_KILL_GRACE
 
 
 def grace_seconds() -> float:
-    """Seconds between forwarding a signal and SIGKILL of the group (``PROJECTRUN_KILL_GRACE``).
-
-    Read when needed, not at import: a bad value must be a usage error, not a failed import."""
-    text = os.environ.get(GRACE_ENV_VAR, "").strip()
-    if not text:
-        return DEFAULT_GRACE
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise UsageError(f"{GRACE_ENV_VAR}={text}: give the grace period in seconds, e.g. "
-                         f"{GRACE_ENV_VAR}=10 (0 kills at once)")
-    return value
+    """Seconds between forwarding a signal and SIGKILL of the group (``PROJECTRUN_KILL_GRACE``)."""
+    return settings.current().kill_grace
 
 
 @dataclass(frozen=True)

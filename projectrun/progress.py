@@ -56,7 +56,13 @@ class BarProgress:
 
     def __init__(self, description: str, stream: IO[str]) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self._lock = threading.Lock()
         self._bar = Progress(TextColumn("projectrun: {task.description}"), BarColumn(),

@@ -24,6 +24,7 @@ from projectrun import (
     params,
     recording,
     redact,
+    settings,
     sources,
     spec,
     tracking,
@@ -164,7 +165,7 @@ def plan(request: LaunchRequest, report: Reporter = _stderr,
             source.close()
         raise
     return Plan(request, source, project, entry_point, resolved, command, manager,
-                tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
+                tracking.absolute_tracking_uri(settings.current().tracking_uri))
 
 
 def _check_script(script: str, directory: Path) -> None:

@@ -125,8 +125,8 @@ def load_project(directory: str | os.PathLike[str]) -> Project:
     else:
         doc = load_yaml(file)
         if doc.data is None:
-            raise SpecError([f"{file}:1: the MLproject file is empty; it needs at least "
-                             f"'entry_points:' (see MLflow's MLproject format)"])
+            raise SpecError([(f"{file}:1: the MLproject file is empty; it needs at least "
+                             f"'entry_points:' (see MLflow's MLproject format)")])
     problems = schema_problems(doc, "mlproject.schema.json") if file else []
     if problems:
         raise SpecError(problems)
@@ -139,8 +139,8 @@ def load_project(directory: str | os.PathLike[str]) -> Project:
 
     env_keys = [k for k in ENV_KEYS if k in data]
     if len(env_keys) > 1:
-        raise SpecError([f"{doc.where((env_keys[1],))}: only one environment may be given, found "
-                         f"{', '.join(env_keys)}; keep one of them"])
+        raise SpecError([(f"{doc.where((env_keys[1],))}: only one environment may be given, found "
+                         f"{', '.join(env_keys)}; keep one of them")])
 
     entry_points, ep_problems = _entry_points(doc, warnings)
     name = data.get("name")
@@ -202,13 +202,13 @@ def _command_problems(doc: YamlDoc, path: tuple[str, ...], name: str, command: A
     where = doc.where(path + ("command",))
     if not isinstance(command, str):
         kind = {"dict": "a mapping", "list": "a list"}.get(type(command).__name__, type(command).__name__)
-        return [f"{where}: entry point '{name}': command must be a string, got {kind}; "
-                f"quote it or use a block scalar (command: |)"]
+        return [(f"{where}: entry point '{name}': command must be a string, got {kind}; "
+                f"quote it or use a block scalar (command: |)")]
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(command) if f is not None]
     except ValueError as exc:
-        return [f"{where}: entry point '{name}': command is not a valid template ({exc}); "
-                f"write literal braces as {{{{ and }}}}"]
+        return [(f"{where}: entry point '{name}': command is not a valid template ({exc}); "
+                f"write literal braces as {{{{ and }}}}")]
     found = []
     for f in fields:
         base = f.split(".", 1)[0].split("[", 1)[0]
@@ -289,8 +289,8 @@ def _dockerfile(doc: YamlDoc, directory: Path, written: Any, image: str) -> Path
         raise SpecError([f"{where}: give docker_env either 'image' or 'dockerfile', not both"])
     path = (directory / str(written)).resolve()
     if not path.is_relative_to(directory.resolve()) or not path.is_file():
-        raise SpecError([f"{doc.where((DOCKER_ENV, 'dockerfile'))}: dockerfile '{written}' is not a "
-                         f"file inside the project {directory}"])
+        raise SpecError([(f"{doc.where((DOCKER_ENV, 'dockerfile'))}: dockerfile '{written}' is not a "
+                         f"file inside the project {directory}")])
     return path
 
 
@@ -306,5 +306,5 @@ def _check_spark_job(doc: YamlDoc, spark: dict[str, Any], entry_points: dict[str
     for ep in entry_points.values():
         for p in ep.parameters.values():
             if p.type == "path":
-                raise SpecError([f"{where}: databricks_spark_job does not support 'path' parameters "
-                                 f"('{p.name}' in entry point '{ep.name}')"])
+                raise SpecError([(f"{where}: databricks_spark_job does not support 'path' parameters "
+                                 f"('{p.name}' in entry point '{ep.name}')")])

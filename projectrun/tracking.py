@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-from projectrun import redact
+from projectrun import redact, settings
 from projectrun.errors import TrackingError, UsageError
 
 if TYPE_CHECKING:
@@ -40,8 +40,8 @@ TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 TAG_COMMAND = "projectrun.command"
 TAG_ENV_KEY = "projectrun.env.key"
 #: seconds to keep retrying writes to an existing run while the store is unreachable or locked
-RETRY_ENV_VAR = "PROJECTRUN_TRACKING_RETRY"
-DEFAULT_RETRY_SECONDS = 60.0
+RETRY_ENV_VAR = settings.TRACKING_RETRY
+DEFAULT_RETRY_SECONDS = settings.DEFAULT_TRACKING_RETRY
 #: what a retry can cure: a server that went away or answers 5xx, a sqlite database locked by
 #: another writer (MLflow's client in another process, a UI, a sweep)
 _TRANSIENT = ("not reachable", "database is locked", "database table is locked", "timed out",
@@ -82,18 +82,8 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
 
 
 def retry_seconds() -> float:
-    """PROJECTRUN_TRACKING_RETRY, read when needed: a bad value is one usage line, not a crash."""
-    text = os.environ.get(RETRY_ENV_VAR, "").strip()
-    if not text:
-        return DEFAULT_RETRY_SECONDS
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise UsageError(f"{RETRY_ENV_VAR}={text}: give a number of seconds (e.g. 60, or 0 for no "
-                         f"retries)")
-    return value
+    """PROJECTRUN_TRACKING_RETRY: a bad value is one usage line, not a crash."""
+    return settings.current().tracking_retry
 
 
 def _refuse_other_revision(uri: str) -> None:
@@ -140,8 +130,8 @@ def _experiment_choice(name: str | None, experiment_id: str | None) -> tuple[str
     if name and experiment_id:
         raise UsageError("give only one of --experiment-name and --experiment-id")
     if not name and not experiment_id:
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
-        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+        name = settings.current().experiment_name
+        experiment_id = settings.current().experiment_id
         if name and experiment_id:
             raise UsageError("both MLFLOW_EXPERIMENT_NAME and MLFLOW_EXPERIMENT_ID are set; unset one")
     return name, experiment_id
@@ -188,7 +178,7 @@ class Tracker:
     def _fast_store(self) -> Store | None:
         if self._fast is None:
             self._fast = False
-            if os.environ.get("PROJECTRUN_TRACKING", "").lower() != "client":
+            if not settings.current().client_only:
                 if self.uri.startswith("sqlite:///"):
                     from projectrun.stores.sqlite import SqliteStore
 

@@ -255,12 +255,12 @@ def check_lock_fresh(plan: EnvPlan) -> None:
             doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         recorded = doc["metadata"]["content_hash"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        raise SpecError([f"{plan.spec.lock}:1: not a conda-lock file (no metadata.content_hash); "
-                         f"rewrite it with `projectrun lock`"]) from None
+        raise SpecError([(f"{plan.spec.lock}:1: not a conda-lock file (no metadata.content_hash); "
+                         f"rewrite it with `projectrun lock`")]) from None
     if isinstance(recorded, dict) and recorded.get(plan.platform) not in (None, content_hash(plan)):
-        raise SpecError([f"{plan.spec.lock}: out of date: {plan.spec.path.name} changed since it "
+        raise SpecError([(f"{plan.spec.lock}: out of date: {plan.spec.path.name} changed since it "
                          f"was locked; run `projectrun lock {plan.spec.path.parent}` to update it "
-                         f"(or delete it to solve {plan.spec.path.name} at every new build)"])
+                         f"(or delete it to solve {plan.spec.path.name} at every new build)")])
 
 
 def _install_pip_section(prefix: Path, spec: CondaEnvSpec, ctx: Context) -> None:

@@ -40,7 +40,7 @@ def solve(channels: Sequence[str], specs: Sequence[str], platform: str, repodata
             sources=sources, specs=matches, gateway=gateway,
             platforms=[rattler.Platform(platform), rattler.Platform("noarch")],
             virtual_packages=_virtual_packages(platform, native)))
-    except Exception as exc:  # noqa: BLE001 - rattler's exceptions share no base class
+    except Exception as exc:  # noqa: BLE001 - rattler's errors share no base class
         raise _solve_error(exc, channels) from None
 
 
@@ -52,7 +52,7 @@ def install(records: list[Any], prefix: Path, package_cache: Path, progress: Pro
     try:
         asyncio.run(rattler.install(records, target_prefix=prefix, cache_dir=package_cache,
                                     show_progress=False, reporter=_Reporter(progress)))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - rattler's errors share no base class
         raise EnvBuildError(f"installing the conda packages failed: {one_line(exc)}") from None
 
 
@@ -85,16 +85,16 @@ def locked_records(lock: Path, platform: str) -> list[Any]:
 
     try:
         env = rattler.LockFile.from_path(lock).default_environment()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - rattler's errors share no base class
         raise SpecError([f"{lock}:1: not a conda-lock file rattler can read: {one_line(exc)}"]) \
             from None
     if env is None:
         raise SpecError([f"{lock}:1: the lock file has no environment"])
     by_platform = {str(p): records for p, records in env.conda_repodata_records().items()}
     if platform not in by_platform:
-        raise SpecError([f"{lock}:1: no packages locked for {platform} (it has "
+        raise SpecError([(f"{lock}:1: no packages locked for {platform} (it has "
                          f"{', '.join(sorted(by_platform)) or 'none'}); run `projectrun lock "
-                         f"--platform {platform}` to add it"])
+                         f"--platform {platform}` to add it")])
     return list(by_platform[platform])
 
 

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from projectrun import settings
 from projectrun.errors import EnvBuildError
 
-DOWNLOADS_ENV_VAR = "PROJECTRUN_PYTHON_DOWNLOADS"
+DOWNLOADS_ENV_VAR = settings.PYTHON_DOWNLOADS
 _NUMERIC = re.compile(r"^\d+(\.\d+){0,2}$")
 _PROBE = "import platform, sys; print(platform.python_version(), sys.implementation.name)"
 
@@ -46,7 +47,7 @@ def find(request: str | None, uv: str | None, *, asked_in: str = "",
         found = probe(candidate)
         if found and (not _NUMERIC.match(request) or _matches(found.version, request)):
             return found
-    if uv and os.environ.get(DOWNLOADS_ENV_VAR) == "1":
+    if uv and settings.current().python_downloads:
         if report:
             report(f"downloading python {request} with uv ({DOWNLOADS_ENV_VAR}=1)")
         found = _uv_install(uv, request)

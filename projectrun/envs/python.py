@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from projectrun import cache
+from projectrun import cache, settings
 from projectrun.envs import Context, Invocation, interpreters, prepend_path, shell
 from projectrun.envs.pythonspec import PythonEnvSpec, spec_for
-from projectrun.errors import EnvBuildError, UsageError
+from projectrun.errors import EnvBuildError
 from projectrun.spec import Project
 
-INSTALLER_ENV_VAR = "PROJECTRUN_INSTALLER"
-INSTALLERS = ("uv", "pip")
+INSTALLER_ENV_VAR = settings.INSTALLER
+INSTALLERS = settings.INSTALLERS
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,7 @@ def find_uv() -> str | None:
 
 def choose_installer() -> tuple[str | None, str]:
     """``(uv path or None, "uv" | "pip")``: uv when available unless PROJECTRUN_INSTALLER=pip."""
-    wanted = os.environ.get(INSTALLER_ENV_VAR, "").strip().lower() or None
-    if wanted not in (None, *INSTALLERS):
-        raise UsageError(f"{INSTALLER_ENV_VAR}={wanted}: must be one of {', '.join(INSTALLERS)}")
+    wanted = settings.current().installer
     if wanted == "pip":
         return None, "pip"
     uv = find_uv()
