@@ -79,10 +79,6 @@ class SweepResult:
     results: list[TrialResult] = field(default_factory=list)
     best: TrialResult | None = None
 
-    @property
-    def failed(self) -> list[TrialResult]:
-        return [r for r in self.results if r.status in ("FAILED",)]
-
 
 @dataclass
 class SweepOptions:

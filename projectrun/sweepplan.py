@@ -51,8 +51,6 @@ MAX_GENERATED = 100_000
 MAX_GRID = 1_000_000
 #: Discrete random spaces up to this size are enumerated; larger ones are sampled by index.
 ENUMERATE_LIMIT = 200_000
-GOALS = ("minimize", "maximize")
-ON_FAILURE = ("continue", "fail_fast")
 _KINDS = ("from", "lin", "geom", "uniform", "log_uniform", "int_uniform", "choice")
 _COMPANIONS = {"from": {"to", "step"}, "lin": {"num"}, "geom": {"num"}}
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
@@ -112,7 +110,6 @@ class Values:
     """A finite, ordered set of values: a list, ``choice``, or an expanded from/lin/geom generator."""
 
     values: tuple[str, ...]
-    kind: str = "list"
 
     def __len__(self) -> int:
         return len(self.values)
@@ -152,10 +149,6 @@ class Uniform:
 
 
 Domain = Union[Fixed, Values, IntUniform, Uniform]
-Discrete = Union[Values, IntUniform]
-
-
-BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -538,7 +531,7 @@ def _domain(name: str, raw: Any, method: str, problem: Any) -> Domain | None:
 
 def _make_domain(kind: str, raw: dict[str, Any]) -> Domain:
     if kind == "choice":
-        return Values(tuple(render_value(v) for v in raw["choice"]), "choice")
+        return Values(tuple(render_value(v) for v in raw["choice"]))
     if kind == "int_uniform":
         low, high = (int(x) for x in raw["int_uniform"])
         if low > high:
@@ -555,7 +548,7 @@ def _make_domain(kind: str, raw: dict[str, Any]) -> Domain:
         values = _linspace(*raw["lin"], int(raw["num"]))
     else:
         values = _geomspace(*raw["geom"], int(raw["num"]))
-    return Values(tuple(render_value(v) for v in values), "range" if kind == "from" else kind)
+    return Values(tuple(render_value(v) for v in values))
 
 
 def _all_ints(*xs: Any) -> bool:
