@@ -126,13 +126,13 @@ def run_sweep(sweep_spec: sweepplan.SweepSpec, options: SweepOptions, report: Re
         source.close()
 
 
-def _check(plan: sweepplan.Plan, project: spec.Project) -> spec.EntryPoint:
+def _check(plan: sweepplan.SweepPlan, project: spec.Project) -> spec.EntryPoint:
     entry_point = project.entry_point(plan.entry_point)
     sweepplan.check_against_entry_point(plan, entry_point)
     return entry_point
 
 
-def _run(plan: sweepplan.Plan, source: sources.Source, options: SweepOptions,
+def _run(plan: sweepplan.SweepPlan, source: sources.Source, options: SweepOptions,
          report: Reporter) -> SweepResult:
     project = spec.load_project(source.directory)
     tracker = tracking.Tracker(tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
@@ -213,7 +213,7 @@ def _announce(res: TrialResult, done: int, total: int, report: Reporter) -> None
         report(f"  {res.message}")
 
 
-def _backend(plan: sweepplan.Plan, options: SweepOptions) -> sweepplan.Backend:
+def _backend(plan: sweepplan.SweepPlan, options: SweepOptions) -> sweepplan.Backend:
     """The sweep file's backend, with --backend and --address (then RAY_ADDRESS) on top."""
     backend = plan.execution.backend
     if options.backend:
@@ -236,7 +236,7 @@ class _Attempts:
     can end the run itself when a worker cannot: a lost node, a task cancelled before it started.
     """
 
-    def __init__(self, plan: sweepplan.Plan, source: sources.Source, tracker: tracking.Tracker,
+    def __init__(self, plan: sweepplan.SweepPlan, source: sources.Source, tracker: tracking.Tracker,
                  experiment_id: str, parent_id: str, manager: str, backend: str,
                  offline: bool) -> None:
         self.plan, self.source, self.tracker = plan, source, tracker
@@ -350,7 +350,7 @@ class _Loop:
         _count_failure(res, plan, self.results, self.stop)
 
 
-def _count_failure(res: TrialResult, plan: sweepplan.Plan, results: dict[str, TrialResult],
+def _count_failure(res: TrialResult, plan: sweepplan.SweepPlan, results: dict[str, TrialResult],
                    stop: _Stop) -> None:
     if res.status != tracking.FAILED:
         return
@@ -389,7 +389,7 @@ class _interrupts:
             signal.signal(sig, handler)
 
 
-def _create_parent(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
+def _create_parent(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.SweepPlan,
                    source: sources.Source, options: SweepOptions, backend: str) -> str:
     tags = tracking.base_tags(source.name, plan.entry_point)
     tags.update(source.git_tags)
@@ -408,8 +408,8 @@ def _create_parent(tracker: tracking.Tracker, experiment_id: str, plan: sweeppla
     return parent_id
 
 
-def _resume(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
-            options: SweepOptions, report: Reporter) -> tuple[str, sweepplan.Plan, set[str]]:
+def _resume(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.SweepPlan,
+            options: SweepOptions, report: Reporter) -> tuple[str, sweepplan.SweepPlan, set[str]]:
     """Find the parent, read its stored plan, and the keys of trials already FINISHED."""
     client = tracker.client
     if isinstance(options.resume, str):
@@ -428,7 +428,7 @@ def _resume(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
             stored = Path(client.download_artifacts(parent_id, PLAN_ARTIFACT, tmp)).read_text()
         except Exception as exc:  # noqa: BLE001 - artifact store errors of any kind
             raise UsageError(f"--resume: run {parent_id} has no stored sweep plan ({exc})") from None
-    old = sweepplan.Plan.from_json(stored)
+    old = sweepplan.SweepPlan.from_json(stored)
     if old.fingerprint == plan.fingerprint:
         old = plan  # the same trials; the file has the values the stored copy masks
     elif not options.allow_changed:
@@ -447,7 +447,7 @@ def _resume(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
     return parent_id, old, {k for k in done if k}
 
 
-def _finish_parent(tracker: tracking.Tracker, parent_id: str, plan: sweepplan.Plan,
+def _finish_parent(tracker: tracking.Tracker, parent_id: str, plan: sweepplan.SweepPlan,
                    results: list[TrialResult], status: str) -> TrialResult | None:
     best = _best(plan, results)
     rows = leaderboard(plan, results)
@@ -466,7 +466,7 @@ def _finish_parent(tracker: tracking.Tracker, parent_id: str, plan: sweepplan.Pl
     return best
 
 
-def _best(plan: sweepplan.Plan, results: list[TrialResult]) -> TrialResult | None:
+def _best(plan: sweepplan.SweepPlan, results: list[TrialResult]) -> TrialResult | None:
     if plan.objective is None:
         return None
     scored = [r for r in results if r.objective is not None]
@@ -476,7 +476,7 @@ def _best(plan: sweepplan.Plan, results: list[TrialResult]) -> TrialResult | Non
     return pick(scored, key=lambda r: r.objective)  # type: ignore[arg-type, return-value]
 
 
-def leaderboard(plan: sweepplan.Plan, results: list[TrialResult]) -> list[dict[str, Any]]:
+def leaderboard(plan: sweepplan.SweepPlan, results: list[TrialResult]) -> list[dict[str, Any]]:
     """One row per trial, best first when there is an objective."""
     rows = [{"index": r.trial.index, "key": r.trial.key, "status": r.status, "run_id": r.run_id,
              **{f"param.{k}": v for k, v in r.trial.params.items()},

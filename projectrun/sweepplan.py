@@ -253,7 +253,7 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Plan:
+class SweepPlan:
     """The materialised sweep; stored with the parent run and read back on resume."""
 
     trials: list[Trial]
@@ -285,7 +285,7 @@ class Plan:
         return json.dumps(data, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
+    def from_json(cls, text: str) -> SweepPlan:
         data = json.loads(text)
         if data.get("format") != PLAN_FORMAT:
             raise SpecError([f"plan format {data.get('format')!r} is not {PLAN_FORMAT}; this plan "
@@ -680,7 +680,7 @@ def spec_from_grid(project: str, entry_point: str = "main", fixed: Mapping[str, 
 # Expansion
 
 
-def expand(spec: SweepSpec) -> Plan:
+def expand(spec: SweepSpec) -> SweepPlan:
     """The ordered, de-duplicated list of trials; random draws use ``random.Random(seed)``."""
     notes: list[str] = []
     seed = spec.seed
@@ -702,7 +702,7 @@ def expand(spec: SweepSpec) -> Plan:
     if not params:
         notes.append("the plan is empty: every combination was excluded")
     trials = [Trial(i, trial_key(p), p) for i, p in enumerate(params)]
-    return Plan(trials=trials, fingerprint=spec.fingerprint, project=spec.project,
+    return SweepPlan(trials=trials, fingerprint=spec.fingerprint, project=spec.project,
                 entry_point=spec.entry_point, method=spec.method, seed=seed, version=spec.version,
                 experiment=spec.experiment, env_manager=spec.env_manager, name=spec.name,
                 execution=spec.execution, objective=spec.objective, notes=notes)
@@ -914,12 +914,12 @@ def _fingerprint(spec: SweepSpec) -> str:
 # Checking against the MLproject entry point
 
 
-def check_against_entry_point(plan_or_spec: Plan | SweepSpec, entry_point: EntryPoint) -> None:
+def check_against_entry_point(plan_or_spec: SweepPlan | SweepSpec, entry_point: EntryPoint) -> None:
     """Catch what MLflow would not: a typo'd name (appended as ``--typo value``), a required
     parameter no trial sets, a value of the wrong declared type. Every problem in one error."""
     from projectrun.params import type_problem
 
-    plan = plan_or_spec if isinstance(plan_or_spec, Plan) else expand(plan_or_spec)
+    plan = plan_or_spec if isinstance(plan_or_spec, SweepPlan) else expand(plan_or_spec)
     names = list(dict.fromkeys(k for t in plan.trials for k in t.params))
     if isinstance(plan_or_spec, SweepSpec):
         names = list(dict.fromkeys([*plan_or_spec.names(), *names]))

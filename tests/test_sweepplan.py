@@ -14,7 +14,7 @@ from projectrun.spec import EntryPoint, Parameter
 from projectrun.sweepplan import (
     Execution,
     Fixed,
-    Plan,
+    SweepPlan,
     SweepSpec,
     Values,
     check_against_entry_point,
@@ -338,7 +338,7 @@ def test_plan_json_round_trip(tmp_path: Path) -> None:
     plan = expand(spec)
     text = plan.to_json()
     json.loads(text)
-    back = Plan.from_json(text)
+    back = SweepPlan.from_json(text)
     assert back == plan
     assert back.execution == Execution(parallel=3, on_failure="fail_fast", max_failures=2,
                                        retries=1, timeout=5400.0)
