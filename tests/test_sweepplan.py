@@ -9,6 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from projectrun.durations import parse_duration
 from projectrun.errors import ParameterError, SpecError, UsageError
 from projectrun.spec import EntryPoint, Parameter
 from projectrun.sweepplan import (
@@ -21,7 +22,6 @@ from projectrun.sweepplan import (
     expand,
     load_sweep,
     normalize_value,
-    parse_duration,
     parse_grid_flags,
     spec_from_grid,
     trial_key,
