@@ -17,20 +17,33 @@ from projectrun.sweepplan.plan import SweepPlan, SweepSpec
 def check_against_entry_point(plan_or_spec: SweepPlan | SweepSpec, entry_point: EntryPoint) -> None:
     """Catch what MLflow would not: a typo'd name (appended as ``--typo value``), a required
     parameter no trial sets, a value of the wrong declared type. Every problem in one error."""
-    from projectrun.params import type_problem
-
     plan = plan_or_spec if isinstance(plan_or_spec, SweepPlan) else expand(plan_or_spec)
     names = list(dict.fromkeys(k for t in plan.trials for k in t.params))
     if isinstance(plan_or_spec, SweepSpec):
         names = list(dict.fromkeys([*plan_or_spec.names(), *names]))
-    declared = entry_point.parameters
     problems = _unknown_names(names, entry_point) if entry_point.declared else []
-    for param in declared.values():
+    problems += _unset_required(plan, entry_point) + _type_problems(plan, entry_point)
+    if problems:
+        raise ParameterError("\n".join(problems))
+
+
+def _unset_required(plan: SweepPlan, entry_point: EntryPoint) -> list[str]:
+    problems = []
+    for param in entry_point.parameters.values():
         lacking = sum(1 for t in plan.trials if param.name not in t.params)
         if param.required and lacking:
-            problems.append(f"required parameter '{param.name}' of entry point '{entry_point.name}' "
-                            f"is not set by {lacking} of {len(plan.trials)} trials; add it under "
-                            f"parameters")
+            problems.append(f"required parameter '{param.name}' of entry point "
+                            f"'{entry_point.name}' is not set by {lacking} of "
+                            f"{len(plan.trials)} trials; add it under parameters")
+    return problems
+
+
+def _type_problems(plan: SweepPlan, entry_point: EntryPoint) -> list[str]:
+    """Each distinct (name, value) once: a grid repeats every value in many trials."""
+    from projectrun.params import type_problem
+
+    declared = entry_point.parameters
+    problems = []
     seen: set[tuple[str, str]] = set()
     for trial in plan.trials:
         for name, value in trial.params.items():
@@ -38,8 +51,7 @@ def check_against_entry_point(plan_or_spec: SweepPlan | SweepSpec, entry_point: 
                 seen.add((name, value))
                 if (message := type_problem(declared[name], value)) is not None:
                     problems.append(f"{name}={value}: {message}")
-    if problems:
-        raise ParameterError("\n".join(problems))
+    return problems
 
 
 def _unknown_names(names: Sequence[str], entry_point: EntryPoint) -> list[str]:
@@ -48,6 +60,7 @@ def _unknown_names(names: Sequence[str], entry_point: EntryPoint) -> list[str]:
     if not unknown:
         return []
     listed = "; ".join(f"'{n}'{suggest(n, declared)}" for n in unknown)
-    return [f"entry point '{entry_point.name}' does not declare {listed}; MLflow would pass "
-            f"{'it' if len(unknown) == 1 else 'them'} as extra --name value arguments. "
-            f"Declared: {', '.join(declared) or 'none'}"]
+    message = (f"entry point '{entry_point.name}' does not declare {listed}; MLflow would pass "
+               f"{'it' if len(unknown) == 1 else 'them'} as extra --name value arguments. "
+               f"Declared: {', '.join(declared) or 'none'}")
+    return [message]

@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Union
+from typing import Any
 
 #: Generated floats are rounded to this many significant digits (0.1 + 2*0.1 -> 0.3).
 SIG_DIGITS = 12
@@ -32,7 +32,8 @@ def render_value(value: Any) -> str:
 
 
 def normalize_value(text: str) -> str:
-    """Numbers compare by exact decimal value (``3e6 == 3000000 == 3000000.0``); other text as is."""
+    """Numbers compare by exact decimal value (``3e6 == 3000000 == 3000000.0``), other text as
+    is: the trial key and include/exclude matching must not depend on how a number was written."""
     if NUMBER.match(text):
         try:
             number = Decimal(text.strip())
@@ -58,7 +59,7 @@ class Fixed:
 
 @dataclass(frozen=True)
 class Values:
-    """A finite, ordered set of values: a list, ``choice``, or an expanded from/lin/geom generator."""
+    """A finite, ordered set of values: a list, ``choice``, or an expanded from/lin/geom."""
 
     values: tuple[str, ...]
 
@@ -99,29 +100,42 @@ class Uniform:
         return repr(min(max(_round(x), self.low), self.high))
 
 
-Domain = Union[Fixed, Values, IntUniform, Uniform]
+Domain = Fixed | Values | IntUniform | Uniform
 
 
 def make_domain(kind: str, raw: dict[str, Any]) -> Domain:
+    """The domain of a generator mapping the schema has passed; ValueError says why not."""
     if kind == "choice":
         return Values(tuple(render_value(v) for v in raw["choice"]))
     if kind == "int_uniform":
-        low, high = (int(x) for x in raw["int_uniform"])
-        if low > high:
-            raise ValueError(f"int_uniform [{low}, {high}]: low is above high")
-        return IntUniform(low, high)
+        return _int_uniform(raw["int_uniform"])
     if kind in ("uniform", "log_uniform"):
-        low, high = (float(x) for x in raw[kind])
-        if low > high:
-            raise ValueError(f"{kind} [{low}, {high}]: low is above high")
-        return Uniform(low, high, log=kind == "log_uniform")
+        return _uniform(kind, raw[kind])
+    return Values(tuple(render_value(v) for v in _generate(kind, raw)))
+
+
+def _int_uniform(bounds: list[Any]) -> IntUniform:
+    low, high = (int(x) for x in bounds)
+    if low > high:
+        raise ValueError(f"int_uniform [{low}, {high}]: low is above high")
+    return IntUniform(low, high)
+
+
+def _uniform(kind: str, bounds: list[Any]) -> Uniform:
+    low, high = (float(x) for x in bounds)
+    if low > high:
+        raise ValueError(f"{kind} [{low}, {high}]: low is above high")
+    return Uniform(low, high, log=kind == "log_uniform")
+
+
+def _generate(kind: str, raw: dict[str, Any]) -> list[int | float]:
+    """from/to/step, lin or geom; the schema guarantees the pair has two ends."""
     if kind == "from":
-        values = _arange(raw["from"], raw["to"], raw["step"])
-    elif kind == "lin":
-        values = _linspace(*raw["lin"], int(raw["num"]))
-    else:
-        values = _geomspace(*raw["geom"], int(raw["num"]))
-    return Values(tuple(render_value(v) for v in values))
+        return _arange(raw["from"], raw["to"], raw["step"])
+    low, high = raw[kind]
+    if kind == "lin":
+        return _linspace(low, high, int(raw["num"]))
+    return _geomspace(low, high, int(raw["num"]))
 
 
 def _all_ints(*xs: Any) -> bool:
@@ -163,7 +177,8 @@ def _geomspace(low: float, high: float, num: int) -> list[int | float]:
     return values
 
 
-def draw(domain: Domain, rng: random.Random) -> str:
+def draw(domain: Values | IntUniform | Uniform, rng: random.Random) -> str:
+    """One random value: a continuous domain draws, a discrete one picks uniformly."""
     if isinstance(domain, Uniform):
         return domain.draw(rng)
-    return domain.at(rng.randrange(len(domain)))  # type: ignore[union-attr,arg-type]
+    return domain.at(rng.randrange(len(domain)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,19 @@ SCHEMA = "sweep.schema.json"
 _KINDS = ("from", "lin", "geom", "uniform", "log_uniform", "int_uniform", "choice")
 _COMPANIONS = {"from": {"to", "step"}, "lin": {"num"}, "geom": {"num"}}
 
+#: ``problem(path in the file, message)``: collects one problem, reported with the path's line
+Problem = Callable[[tuple[Any, ...], str], None]
+
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Parse and validate a sweep file; raise SpecError listing every problem as ``file:line: msg``."""
+    """Parse and validate a sweep file; raise SpecError listing every problem as
+    ``file:line: msg``, sorted by line, so one run of the command shows all of them."""
     path = Path(path)
     doc = load_yaml(path)
     if doc.data is None:
-        raise SpecError([f"{path}:1: the sweep file is empty; it needs at least 'project:' and "
-                         f"'parameters:'"])
+        empty = (f"{path}:1: the sweep file is empty; it needs at least 'project:' and "
+                 f"'parameters:'")
+        raise SpecError([empty])
     data = _coerce_numbers(doc.data)
     problems: list[tuple[int, str]] = []
     if isinstance(data, dict):
@@ -57,13 +62,15 @@ def _known(*schema_path: str) -> set[str]:
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or nothing."""
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _unknown_keys(doc: YamlDoc, data: dict[Any, Any]) -> list[tuple[int, str]]:
-    """Checked here, not by the schema, so the line is the key's own (jsonschema gives the parent's)."""
-    found = []
+    """Checked here, not by the schema, so the line is the key's own (jsonschema gives the
+    parent's)."""
+    found: list[tuple[int, str]] = []
 
     def check(mapping: Any, path: tuple[str, ...], known: set[str], what: str) -> None:
         if not isinstance(mapping, dict):
@@ -71,9 +78,9 @@ def _unknown_keys(doc: YamlDoc, data: dict[Any, Any]) -> list[tuple[int, str]]:
         for key in mapping:
             if str(key) not in known:
                 line = doc.line(path + (str(key),))
-                found.append((line, f"{doc.path}:{line}: unknown key '{key}' in {what}"
-                                    f"{suggest(str(key), known)}; "
-                                    f"known keys: {', '.join(sorted(known))}"))
+                message = (f"{doc.path}:{line}: unknown key '{key}' in {what}"
+                           f"{suggest(str(key), known)}; known keys: {', '.join(sorted(known))}")
+                found.append((line, message))
 
     check(data, (), _known(), "the sweep file")
     check(data.get("objective"), ("objective",), _known("properties", "objective"), "objective")
@@ -99,23 +106,23 @@ def _timeout_problems(doc: YamlDoc, data: dict[Any, Any]) -> list[tuple[int, str
 
 def _without_unknown(data: dict[Any, Any]) -> dict[Any, Any]:
     """Drop keys already reported as unknown so the schema does not report them a second time."""
-    out = {k: v for k, v in data.items() if str(k) in _known()}
-    if isinstance(out.get("objective"), dict):
-        keep = _known("properties", "objective")
-        out["objective"] = {k: v for k, v in out["objective"].items() if str(k) in keep}
-    if isinstance(out.get("ray"), dict):
-        keep = _known("properties", "ray")
-        out["ray"] = {k: v for k, v in out["ray"].items() if str(k) in keep}
+    out = _only(data, _known())
+    for section in ("objective", "ray"):
+        if isinstance(out.get(section), dict):
+            out[section] = _only(out[section], _known("properties", section))
     if isinstance(out.get("parameters"), dict):
         keep = _known("$defs", "generator")
-        out["parameters"] = {
-            n: {k: v for k, v in s.items() if str(k) in keep} if isinstance(s, dict) else s
-            for n, s in out["parameters"].items()}
+        out["parameters"] = {n: _only(s, keep) if isinstance(s, dict) else s
+                             for n, s in out["parameters"].items()}
     return out
 
 
+def _only(mapping: dict[Any, Any], keep: set[str]) -> dict[Any, Any]:
+    return {k: v for k, v in mapping.items() if str(k) in keep}
+
+
 def _number(value: Any) -> Any:
-    """PyYAML reads ``1e-3`` (no dot) as a string; generator bounds accept it as the number meant."""
+    """PyYAML reads ``1e-3`` (no dot) as a string; generator bounds take it as the number meant."""
     if isinstance(value, str) and NUMBER.match(value):
         text = value.strip()
         return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
@@ -129,10 +136,16 @@ def _coerce_numbers(data: Any) -> Any:
     params = {}
     for name, spec in data["parameters"].items():
         if isinstance(spec, dict):
-            spec = {k: ([_number(x) for x in v] if isinstance(v, list) and k != "choice" else _number(v))
-                    for k, v in spec.items()}
+            spec = {k: _numbers(k, v) for k, v in spec.items()}
         params[name] = spec
     return {**data, "parameters": params}
+
+
+def _numbers(key: Any, value: Any) -> Any:
+    """A generator key's value with numeric strings made numbers; ``choice`` values stay text."""
+    if isinstance(value, list) and key != "choice":
+        return [_number(x) for x in value]
+    return _number(value)
 
 
 def _is_url(uri: str) -> bool:
@@ -144,7 +157,8 @@ def _is_url(uri: str) -> bool:
 
 
 def resolve_project(project: str, base_dir: Path) -> str:
-    """A local project is taken relative to the sweep file's directory; URLs are kept as written."""
+    """A local project is taken relative to the sweep file's directory (not the current one, so
+    the file runs from anywhere); URLs are kept as written."""
     if _is_url(project):
         return project
     base, sep, sub = project.partition("#")
@@ -160,6 +174,24 @@ def _build(doc: YamlDoc) -> SweepSpec:
         problems.append((doc.line(path), f"{doc.where(path)}: {message}"))
 
     method = data.get("method", "grid")
+    parameters = _parameters(data, method, problem)
+    names = [str(n) for n in data.get("parameters") or {}]
+    cases = _combinations(data.get("cases"))
+    _check_method(data, problem)
+    _check_cases(cases, names, problem)
+    _check_exclude(_combinations(data.get("exclude")), names, cases, problem)
+    timeout = parse_duration(data["timeout"]) if "timeout" in data else None
+    spec = _spec_from_data(doc, data, parameters, cases, timeout)
+    if not problems and (size := grid_size(spec)) > MAX_GRID and method == "grid":
+        problem(("parameters",), f"the grid has {size} combinations, more than {MAX_GRID}; "
+                                 f"use method: random with samples, or fewer values")
+    if problems:
+        raise SpecError([msg for _, msg in sorted(problems)])
+    return spec
+
+
+def _parameters(data: dict[str, Any], method: str, problem: Problem) -> dict[str, Domain]:
+    """The domains that could be built; the others are reported under their own key."""
     parameters: dict[str, Domain] = {}
     for name, raw in (data.get("parameters") or {}).items():
         def at(sub: tuple[Any, ...], msg: str, n: str = str(name)) -> None:
@@ -168,19 +200,7 @@ def _build(doc: YamlDoc) -> SweepSpec:
         domain = _domain(str(name), raw, method, at)
         if domain is not None:
             parameters[str(name)] = domain
-    names = [str(n) for n in data.get("parameters") or {}]
-    cases = _combinations(data.get("cases"))
-    _check_method(data, problem)
-    _check_cases(cases, names, problem)
-    _check_exclude(_combinations(data.get("exclude")), names, cases, problem)
-    spec = _spec_from_data(doc, data, parameters, cases, parse_duration(data["timeout"])
-                           if "timeout" in data else None)
-    if not problems and (size := grid_size(spec)) > MAX_GRID and method == "grid":
-        problem(("parameters",), f"the grid has {size} combinations, more than {MAX_GRID}; "
-                                 f"use method: random with samples, or fewer values")
-    if problems:
-        raise SpecError([msg for _, msg in sorted(problems)])
-    return spec
+    return parameters
 
 
 def _spec_from_data(doc: YamlDoc, data: dict[str, Any], parameters: dict[str, Domain],
@@ -198,9 +218,11 @@ def _spec_from_data(doc: YamlDoc, data: dict[str, Any], parameters: dict[str, Do
         cases=cases,
         execution=Execution(parallel=int(data.get("parallel", 1)),
                             on_failure=data.get("on_failure", "continue"),
-                            max_failures=data.get("max_failures"), retries=int(data.get("retries", 0)),
+                            max_failures=data.get("max_failures"),
+                            retries=int(data.get("retries", 0)),
                             timeout=timeout, backend=_backend(data)),
-        objective=None if objective is None else Objective(str(objective["metric"]), objective["goal"]),
+        objective=(None if objective is None
+                   else Objective(str(objective["metric"]), objective["goal"])),
         path=doc.path,
     )
 
@@ -215,12 +237,24 @@ def _combinations(raw: list[dict[Any, Any]] | None) -> tuple[dict[str, str], ...
     return tuple({str(k): render_value(v) for k, v in entry.items()} for entry in raw or ())
 
 
-def _domain(name: str, raw: Any, method: str, problem: Any) -> Domain | None:
+def _domain(name: str, raw: Any, method: str, problem: Problem) -> Domain | None:
     """One parameter's domain; problems go to ``problem(subpath, message)``."""
     if isinstance(raw, list):
         return Values(tuple(render_value(v) for v in raw))
     if not isinstance(raw, dict):
         return Fixed(render_value(raw))
+    kind = _generator_kind(name, raw, method, problem)
+    if kind is None:
+        return None
+    try:
+        return make_domain(kind, raw)
+    except ValueError as exc:
+        problem((kind,), f"parameter '{name}': {exc}")
+        return None
+
+
+def _generator_kind(name: str, raw: dict[str, Any], method: str, problem: Problem) -> str | None:
+    """The one generator key of ``raw``, or None when the mapping cannot make a domain."""
     kinds = [k for k in _KINDS if k in raw]
     if len(kinds) != 1:
         problem((), f"parameter '{name}' needs exactly one of {', '.join(_KINDS)}; "
@@ -239,14 +273,10 @@ def _domain(name: str, raw: Any, method: str, problem: Any) -> Domain | None:
         problem((kind,), f"parameter '{name}': {kind} is a continuous distribution and cannot be "
                          f"enumerated by method: grid; use method: random, or lin/geom with num")
         return None
-    try:
-        return make_domain(kind, raw)
-    except ValueError as exc:
-        problem((kind,), f"parameter '{name}': {exc}")
-        return None
+    return kind
 
 
-def _check_method(data: dict[str, Any], problem: Any) -> None:
+def _check_method(data: dict[str, Any], problem: Problem) -> None:
     method = data.get("method", "grid")
     if method == "grid" and "samples" in data:
         problem(("samples",), "samples is for method: random; a grid runs every combination "
@@ -259,7 +289,8 @@ def _check_method(data: dict[str, Any], problem: Any) -> None:
                                    "is the number of runs")
 
 
-def _check_cases(cases: tuple[dict[str, str], ...], parameters: Sequence[str], problem: Any) -> None:
+def _check_cases(cases: tuple[dict[str, str], ...], parameters: Sequence[str],
+                 problem: Problem) -> None:
     for i, case in enumerate(cases):
         for key in case:
             if key in parameters:
@@ -268,7 +299,7 @@ def _check_cases(cases: tuple[dict[str, str], ...], parameters: Sequence[str], p
 
 
 def _check_exclude(exclude: tuple[dict[str, str], ...], parameters: Sequence[str],
-                   cases: tuple[dict[str, str], ...], problem: Any) -> None:
+                   cases: tuple[dict[str, str], ...], problem: Problem) -> None:
     """As GitHub does: an exclude key that no combination has can never match, so it is a typo."""
     known = set(parameters).union(*cases) if cases else set(parameters)
     for i, entry in enumerate(exclude):
@@ -280,7 +311,9 @@ def _check_exclude(exclude: tuple[dict[str, str], ...], parameters: Sequence[str
 
 def _split_escaped(text: str) -> list[str]:
     r"""Split on commas; ``\,`` is a literal comma and ``\\`` a literal backslash."""
-    items, current, chars = [], [], iter(text)
+    items: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
     for ch in chars:
         if ch == "\\":
             nxt = next(chars, "")
@@ -295,7 +328,7 @@ def _split_escaped(text: str) -> list[str]:
 
 
 def parse_grid_flags(items: Iterable[str], flag: str = "--grid") -> dict[str, list[str]]:
-    r"""``--grid alpha=0.1,0.2`` -> ``{"alpha": ["0.1", "0.2"]}``; write a literal comma as ``\,``."""
+    r"""``--grid alpha=0.1,0.2`` -> ``{"alpha": ["0.1", "0.2"]}``; a literal comma is ``\,``."""
     from projectrun.params import parse_assignments
 
     out = {name: _split_escaped(rest) for name, rest in parse_assignments(items, flag).items()}
@@ -313,12 +346,7 @@ def spec_from_grid(project: str, entry_point: str = "main", fixed: Mapping[str, 
     ``project`` is kept as given (the CLI resolves it from the current directory).
     """
     fixed, grid = dict(fixed or {}), dict(grid or {})
-    both = sorted(set(fixed) & set(grid))
-    if both:
-        raise UsageError(f"{', '.join(both)} given both as -P and --grid; give each once")
-    empty = sorted(k for k, v in grid.items() if not v)
-    if empty:
-        raise UsageError(f"--grid {', '.join(empty)}: no values")
+    _check_grid_flags(fixed, grid)
     parameters: dict[str, Domain] = {k: Fixed(str(v)) for k, v in fixed.items()}
     parameters.update({k: Values(tuple(str(x) for x in v)) for k, v in grid.items()})
     spec = SweepSpec(project=project, project_as_written=project, parameters=parameters,
@@ -326,3 +354,12 @@ def spec_from_grid(project: str, entry_point: str = "main", fixed: Mapping[str, 
     if spec.method == "grid" and grid_size(spec) > MAX_GRID:
         raise UsageError(f"the grid has {grid_size(spec)} combinations, more than {MAX_GRID}")
     return spec
+
+
+def _check_grid_flags(fixed: Mapping[str, str], grid: Mapping[str, Sequence[str]]) -> None:
+    both = sorted(set(fixed) & set(grid))
+    if both:
+        raise UsageError(f"{', '.join(both)} given both as -P and --grid; give each once")
+    empty = sorted(k for k, v in grid.items() if not v)
+    if empty:
+        raise UsageError(f"--grid {', '.join(empty)}: no values")

@@ -55,7 +55,8 @@ class Backend:
 
 @dataclass(frozen=True)
 class Execution:
-    """How the scheduler runs the trials; carried verbatim into the plan, never part of its identity."""
+    """How the scheduler runs the trials: carried into the plan, never part of its identity, so
+    a resume may change them."""
 
     parallel: int = 1
     on_failure: str = "continue"
@@ -109,7 +110,7 @@ class SweepSpec:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of everything that decides the trials (not execution options, experiment or name)."""
+        """Hash of everything that decides the trials (not execution, experiment or name)."""
         return _fingerprint(self)
 
     def names(self) -> list[str]:
@@ -164,11 +165,13 @@ class SweepPlan:
     def from_json(cls, text: str) -> SweepPlan:
         data = json.loads(text)
         if data.get("format") != PLAN_FORMAT:
-            raise SpecError([f"plan format {data.get('format')!r} is not {PLAN_FORMAT}; this plan "
-                             f"was written by another projectrun version"])
+            message = (f"plan format {data.get('format')!r} is not {PLAN_FORMAT}; this plan "
+                       f"was written by another projectrun version")
+            raise SpecError([message])
         objective = data.get("objective")
         return cls(
-            trials=[Trial(int(t["index"]), str(t["key"]), {str(k): str(v) for k, v in t["params"].items()})
+            trials=[Trial(int(t["index"]), str(t["key"]),
+                          {str(k): str(v) for k, v in t["params"].items()})
                     for t in data["trials"]],
             fingerprint=data["fingerprint"], project=data["project"],
             entry_point=data["entry_point"], method=data["method"], seed=data["seed"],
