@@ -3,24 +3,20 @@
 The planner (sweepplan) decides *what* runs; this module decides *how*: the project is resolved
 and its environment built once, trials run in threads (each trial's command is its own process
 group), failures are reported as they happen, Ctrl-C stops everything and leaves the sweep
-resumable, and the plan is stored on the parent so ``--resume`` runs exactly the missing trials.
+resumable, and the plan is stored on the parent so ``--resume`` runs exactly the missing trials
+(what is written to the parent and read back lives in sweeprecord).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from projectrun import (
@@ -28,30 +24,25 @@ from projectrun import (
     gitinfo,
     interrupts,
     launch,
-    redact,
     runner,
     schedulers,
     sources,
     spec,
     sweepplan,
+    sweeprecord,
     tracking,
 )
 from projectrun.errors import ProjectRunError, RunInterrupted, UsageError
+from projectrun.sweeprecord import leaderboard, to_csv
 
 if TYPE_CHECKING:
     from projectrun.progress import Progress
 
+#: leaderboard and to_csv live in sweeprecord; they stay importable from here (the CLI's
+#: --dry-run --csv uses sweep.to_csv)
+__all__ = ["SweepInterrupted", "SweepOptions", "SweepResult", "TrialResult", "leaderboard",
+           "run_sweep", "to_csv"]
 Reporter = Callable[[str], None]
-PLAN_ARTIFACT = "sweep/plan.json"
-TAG_SWEEP = "projectrun.sweep"
-TAG_SWEEP_FILE = "projectrun.sweep.file"
-TAG_FINGERPRINT = "projectrun.sweep.fingerprint"
-TAG_TRIAL_KEY = "projectrun.trial.key"
-TAG_TRIAL_INDEX = "projectrun.trial.index"
-TAG_ATTEMPT = "projectrun.trial.attempt"
-TAG_BEST_RUN = "projectrun.sweep.best_run_id"
-#: on a child run the driver had to end itself (its worker was lost): why
-TAG_TRIAL_ERROR = "projectrun.trial.error"
 
 
 def _stderr(message: str) -> None:
@@ -78,10 +69,6 @@ class SweepResult:
     status: str
     results: list[TrialResult] = field(default_factory=list)
     best: TrialResult | None = None
-
-    @property
-    def failed(self) -> list[TrialResult]:
-        return [r for r in self.results if r.status in ("FAILED",)]
 
 
 @dataclass
@@ -119,7 +106,8 @@ class _Stop:
             self.event.set()
 
 
-def run_sweep(sweep_spec: sweepplan.SweepSpec, options: SweepOptions, report: Reporter = _stderr) -> SweepResult:
+def run_sweep(sweep_spec: sweepplan.SweepSpec, options: SweepOptions,
+              report: Reporter = _stderr) -> SweepResult:
     """Plan (or read back) the sweep, check it against the entry point, and run it to the end."""
     plan = sweepplan.expand(sweep_spec)
     launch.grace_seconds()  # a bad PROJECTRUN_KILL_GRACE: one usage line before any trial
@@ -130,23 +118,26 @@ def run_sweep(sweep_spec: sweepplan.SweepSpec, options: SweepOptions, report: Re
         source.close()
 
 
-def _check(plan: sweepplan.Plan, project: spec.Project) -> spec.EntryPoint:
+def _check(plan: sweepplan.SweepPlan, project: spec.Project) -> spec.EntryPoint:
     entry_point = project.entry_point(plan.entry_point)
     sweepplan.check_against_entry_point(plan, entry_point)
     return entry_point
 
 
-def _run(plan: sweepplan.Plan, source: sources.Source, options: SweepOptions,
+def _run(plan: sweepplan.SweepPlan, source: sources.Source, options: SweepOptions,
          report: Reporter) -> SweepResult:
     project = spec.load_project(source.directory)
-    tracker = tracking.Tracker(tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
-    experiment_id = tracker.experiment_id(options.experiment_name or plan.experiment, options.experiment_id)
+    uri = tracking.absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
+    tracker = tracking.Tracker(uri)
+    experiment_id = tracker.experiment_id(options.experiment_name or plan.experiment,
+                                          options.experiment_id)
     from projectrun import reconcile
 
     reconcile.quietly(tracker, experiment_id, (), report)  # trials of a killed sweep, ended FAILED
+    parent_id = ""
     done: set[str] = set()
     if options.resume:
-        parent_id, plan, done = _resume(tracker, experiment_id, plan, options, report)
+        parent_id, plan, done = sweeprecord.resume(tracker, experiment_id, plan, options, report)
     _check(plan, project)
     manager = envs.select_manager(project, options.env_manager or plan.env_manager)
     jobs = max(1, options.jobs or plan.execution.parallel)
@@ -157,29 +148,51 @@ def _run(plan: sweepplan.Plan, source: sources.Source, options: SweepOptions,
                                                                    tracker, report))
     try:
         if scheduler.same_host:
-            # Build the environment once, before any trial: N workers then only find it in the cache.
-            envs.get_kind(manager).prepare(project, envs.Context(
-                report=report, verbose=options.verbose, offline=options.offline,
-                progress=options.progress))
+            _prepare_environment(manager, project, options, report)
         if not options.resume:
-            parent_id = _create_parent(tracker, experiment_id, plan, source, options, backend.name)
+            parent_id = sweeprecord.create_parent(tracker, experiment_id, plan, source, options,
+                                                  backend.name)
         else:
             tracker.set_running(parent_id)
-        todo = [t for t in plan.trials if t.key not in done]
-        where = f" on {scheduler.name}" if scheduler.name != "local" else ""
-        report(f"sweep {parent_id}: {len(todo)} trial(s) to run"
-               + (f" ({len(done)} already finished)" if done else "") + f", {jobs} at a time{where}")
-        results = {t.key: TrialResult(t, "SKIPPED") for t in plan.trials if t.key in done}
-        stop = _Stop()
-        attempts = _Attempts(plan, source, tracker, experiment_id, parent_id, manager, backend.name,
-                             options.offline)
-        with _interrupts(stop):
-            _schedule(scheduler, attempts, todo, jobs, stop, results, report)
+        attempts = _Attempts(plan, source, tracker, experiment_id, parent_id, manager,
+                             backend.name, options.offline)
+        results, stop = _run_trials(scheduler, attempts, done, jobs, report)
     finally:
         scheduler.close()
+    return _conclude(tracker, experiment_id, parent_id, plan, results, stop, report)
+
+
+def _prepare_environment(manager: str, project: spec.Project, options: SweepOptions,
+                         report: Reporter) -> None:
+    """Build the environment once, before any trial: N workers then only find it in the cache."""
+    envs.get_kind(manager).prepare(project, envs.Context(
+        report=report, verbose=options.verbose, offline=options.offline,
+        progress=options.progress))
+
+
+def _run_trials(scheduler: schedulers.Scheduler, attempts: _Attempts, done: set[str], jobs: int,
+                report: Reporter) -> tuple[dict[str, TrialResult], _Stop]:
+    """Every trial not ``done``, until the last ends or a stop; the results by trial key."""
+    plan = attempts.plan
+    todo = [t for t in plan.trials if t.key not in done]
+    where = f" on {scheduler.name}" if scheduler.name != "local" else ""
+    already = f" ({len(done)} already finished)" if done else ""
+    report(f"sweep {attempts.parent_id}: {len(todo)} trial(s) to run{already}, "
+           f"{jobs} at a time{where}")
+    results = {t.key: TrialResult(t, "SKIPPED") for t in plan.trials if t.key in done}
+    stop = _Stop()
+    with _interrupts(stop):
+        _schedule(scheduler, attempts, todo, jobs, stop, results, report)
+    return results, stop
+
+
+def _conclude(tracker: tracking.Tracker, experiment_id: str, parent_id: str,
+              plan: sweepplan.SweepPlan, results: dict[str, TrialResult], stop: _Stop,
+              report: Reporter) -> SweepResult:
+    """End the parent run; a signal still ends it (KILLED) before SweepInterrupted is raised."""
     ordered = [results.get(t.key, TrialResult(t, "NOT_RUN")) for t in plan.trials]
     status = _parent_status(ordered, stop)
-    best = _finish_parent(tracker, parent_id, plan, ordered, status)
+    best = sweeprecord.finish_parent(tracker, parent_id, plan, ordered, status)
     result = SweepResult(parent_id, experiment_id, status, ordered, best)
     if stop.reason:
         report(f"sweep stopped: {stop.reason}")
@@ -190,8 +203,9 @@ def _run(plan: sweepplan.Plan, source: sources.Source, options: SweepOptions,
 
 class SweepInterrupted(RunInterrupted):
     def __init__(self, result: SweepResult, signum: int) -> None:
-        super().__init__(f"sweep {result.parent_run_id} was stopped by {signal.Signals(signum).name}; "
-                         f"running trials were marked KILLED; continue it with --resume", signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"sweep {result.parent_run_id} was stopped by {name}; running trials "
+                         f"were marked KILLED; continue it with --resume", signum)
         self.result = result
 
 
@@ -217,7 +231,7 @@ def _announce(res: TrialResult, done: int, total: int, report: Reporter) -> None
         report(f"  {res.message}")
 
 
-def _backend(plan: sweepplan.Plan, options: SweepOptions) -> sweepplan.Backend:
+def _backend(plan: sweepplan.SweepPlan, options: SweepOptions) -> sweepplan.Backend:
     """The sweep file's backend, with --backend and --address (then RAY_ADDRESS) on top."""
     backend = plan.execution.backend
     if options.backend:
@@ -240,7 +254,7 @@ class _Attempts:
     can end the run itself when a worker cannot: a lost node, a task cancelled before it started.
     """
 
-    def __init__(self, plan: sweepplan.Plan, source: sources.Source, tracker: tracking.Tracker,
+    def __init__(self, plan: sweepplan.SweepPlan, source: sources.Source, tracker: tracking.Tracker,
                  experiment_id: str, parent_id: str, manager: str, backend: str,
                  offline: bool) -> None:
         self.plan, self.source, self.tracker = plan, source, tracker
@@ -252,15 +266,18 @@ class _Attempts:
     def task(self, trial: sweepplan.Trial, attempt: int) -> schedulers.TrialTask:
         """Raises ProjectRunError when the trial cannot be launched (nothing is recorded then)."""
         plan = self.plan
-        tags = {tracking.TAG_PARENT_RUN_ID: self.parent_id, TAG_TRIAL_KEY: trial.key,
-                TAG_TRIAL_INDEX: str(trial.index), TAG_ATTEMPT: str(attempt)}
-        run_name = f"{plan.name or 'trial'}-{trial.index}" + (f"-try{attempt}" if attempt > 1 else "")
+        tags = {tracking.TAG_PARENT_RUN_ID: self.parent_id, sweeprecord.TAG_TRIAL_KEY: trial.key,
+                sweeprecord.TAG_TRIAL_INDEX: str(trial.index),
+                sweeprecord.TAG_ATTEMPT: str(attempt)}
+        retry = f"-try{attempt}" if attempt > 1 else ""
+        run_name = f"{plan.name or 'trial'}-{trial.index}{retry}"
         request = runner.LaunchRequest(
             uri=plan.project, entry_point=plan.entry_point, version=plan.version,
             parameters=dict(trial.params), env_manager=self.manager, echo=False, run_name=run_name,
             tags=tags, offline=self.offline)
         the_plan = runner.plan(request, _quiet, source=self.source)
-        run_id = self.tracker.create_run(self.experiment_id, runner.run_tags(the_plan, self.backend),
+        run_id = self.tracker.create_run(self.experiment_id,
+                                         runner.run_tags(the_plan, self.backend),
                                          the_plan.params.logged, run_name)
         return schedulers.TrialTask(
             uri=plan.project, entry_point=plan.entry_point, params=dict(trial.params),
@@ -281,7 +298,7 @@ class _Attempts:
             recorded = "RUNNING"
         if recorded in (tracking.FINISHED, tracking.FAILED, tracking.KILLED):
             return dataclasses.replace(outcome, status=recorded, lost=False)
-        self.tracker.set_tags(task.run_id, {TAG_TRIAL_ERROR: outcome.message[:5000]})
+        self.tracker.set_tags(task.run_id, {sweeprecord.TAG_TRIAL_ERROR: outcome.message[:5000]})
         self.tracker.terminate(task.run_id, outcome.status)
         return outcome
 
@@ -354,7 +371,7 @@ class _Loop:
         _count_failure(res, plan, self.results, self.stop)
 
 
-def _count_failure(res: TrialResult, plan: sweepplan.Plan, results: dict[str, TrialResult],
+def _count_failure(res: TrialResult, plan: sweepplan.SweepPlan, results: dict[str, TrialResult],
                    stop: _Stop) -> None:
     if res.status != tracking.FAILED:
         return
@@ -391,111 +408,3 @@ class _interrupts:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def _create_parent(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
-                   source: sources.Source, options: SweepOptions, backend: str) -> str:
-    tags = tracking.base_tags(source.name, plan.entry_point)
-    tags.update(source.git_tags)
-    tags.update({TAG_SWEEP: "parent", TAG_FINGERPRINT: plan.fingerprint,
-                 tracking.TAG_BACKEND: backend})
-    if options.sweep_file:
-        tags[TAG_SWEEP_FILE] = options.sweep_file
-    settings = {"sweep.method": plan.method, "sweep.trials": str(len(plan.trials))}
-    if plan.seed is not None:
-        settings["sweep.seed"] = str(plan.seed)
-    parent_id = tracker.create_run(experiment_id, tags, settings, plan.name)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "plan.json"
-        path.write_text(redact.text(plan.to_json()))  # a resume takes values from the sweep file
-        tracker.log_artifact(parent_id, path, "sweep")
-    return parent_id
-
-
-def _resume(tracker: tracking.Tracker, experiment_id: str, plan: sweepplan.Plan,
-            options: SweepOptions, report: Reporter) -> tuple[str, sweepplan.Plan, set[str]]:
-    """Find the parent, read its stored plan, and the keys of trials already FINISHED."""
-    client = tracker.client
-    if isinstance(options.resume, str):
-        parent_id = options.resume
-    else:
-        where = f"tags.`{TAG_SWEEP}` = 'parent'"
-        if options.sweep_file:
-            where += f" and tags.`{TAG_SWEEP_FILE}` = '{options.sweep_file}'"
-        found = client.search_runs([experiment_id], where, max_results=1, order_by=["start_time DESC"])
-        if not found:
-            raise UsageError(f"--resume: no earlier sweep of {options.sweep_file or 'this file'} in "
-                             f"experiment {experiment_id}; run it without --resume first")
-        parent_id = found[0].info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            stored = Path(client.download_artifacts(parent_id, PLAN_ARTIFACT, tmp)).read_text()
-        except Exception as exc:  # noqa: BLE001 - artifact store errors of any kind
-            raise UsageError(f"--resume: run {parent_id} has no stored sweep plan ({exc})") from None
-    old = sweepplan.Plan.from_json(stored)
-    if old.fingerprint == plan.fingerprint:
-        old = plan  # the same trials; the file has the values the stored copy masks
-    elif not options.allow_changed:
-        raise UsageError(f"--resume: the sweep file changed since sweep {parent_id} started; "
-                         f"pass --allow-changed to continue the stored plan anyway, or start a new sweep")
-    elif redact.MASK in stored:
-        raise UsageError(f"--resume --allow-changed: the stored plan of sweep {parent_id} has masked "
-                         f"secret values; restore the sweep file it started from, or start a new sweep")
-    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                                  max_results=50000)
-    done = {r.data.tags.get(TAG_TRIAL_KEY) for r in children if r.info.status == tracking.FINISHED}
-    report(f"resuming sweep {parent_id}: {len(done & {t.key for t in old.trials})} of {len(old.trials)} "
-           f"trial(s) already finished")
-    # execution settings (parallel, timeout, retries...) may change on resume; the trials may not
-    old = dataclasses.replace(old, execution=plan.execution)
-    return parent_id, old, {k for k in done if k}
-
-
-def _finish_parent(tracker: tracking.Tracker, parent_id: str, plan: sweepplan.Plan,
-                   results: list[TrialResult], status: str) -> TrialResult | None:
-    best = _best(plan, results)
-    rows = leaderboard(plan, results)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "leaderboard.json").write_text(redact.text(json.dumps(rows, indent=1)))
-        (Path(tmp) / "leaderboard.csv").write_text(redact.text(to_csv(rows)))
-        tracker.log_artifact(parent_id, Path(tmp) / "leaderboard.json", "sweep")
-        tracker.log_artifact(parent_id, Path(tmp) / "leaderboard.csv", "sweep")
-    tags = {"projectrun.sweep.finished": str(sum(r.status in (tracking.FINISHED, "SKIPPED") for r in results)),
-            "projectrun.sweep.failed": str(sum(r.status == tracking.FAILED for r in results))}
-    if best is not None and best.run_id and plan.objective and best.objective is not None:
-        tags[TAG_BEST_RUN] = best.run_id
-        tracker.client.log_metric(parent_id, f"best_{plan.objective.metric}", best.objective)
-    tracker.set_tags(parent_id, tags)
-    tracker.terminate(parent_id, status)
-    return best
-
-
-def _best(plan: sweepplan.Plan, results: list[TrialResult]) -> TrialResult | None:
-    if plan.objective is None:
-        return None
-    scored = [r for r in results if r.objective is not None]
-    if not scored:
-        return None
-    pick = min if plan.objective.goal == "minimize" else max
-    return pick(scored, key=lambda r: r.objective)  # type: ignore[arg-type, return-value]
-
-
-def leaderboard(plan: sweepplan.Plan, results: list[TrialResult]) -> list[dict[str, Any]]:
-    """One row per trial, best first when there is an objective."""
-    rows = [{"index": r.trial.index, "key": r.trial.key, "status": r.status, "run_id": r.run_id,
-             **{f"param.{k}": v for k, v in r.trial.params.items()},
-             "objective": r.objective, "seconds": round(r.seconds, 3), "attempts": r.attempts}
-            for r in results]
-    if plan.objective is not None:
-        sign = 1 if plan.objective.goal == "minimize" else -1
-        rows.sort(key=lambda row: (row["objective"] is None, sign * (row["objective"] or 0.0), row["index"]))
-    return rows
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()

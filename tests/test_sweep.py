@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES, CliRunner, child_env, client_for
 
 
@@ -32,11 +31,13 @@ def _children(workdir: Path, parent: str) -> list:  # type: ignore[type-arg]
 def _parent(workdir: Path):  # type: ignore[no-untyped-def]
     client = client_for(_store(workdir))
     exp = client.get_experiment_by_name("sw").experiment_id
-    parents = client.search_runs([exp], "tags.`projectrun.sweep` = 'parent'", order_by=["start_time DESC"])
+    parents = client.search_runs([exp], "tags.`projectrun.sweep` = 'parent'",
+                                 order_by=["start_time DESC"])
     return parents[0]
 
 
-def test_grid_with_include_exclude_cases_runs_exactly_the_plan(cli: CliRunner, workdir: Path) -> None:
+def test_grid_with_include_exclude_cases_runs_exactly_the_plan(cli: CliRunner,
+                                                               workdir: Path) -> None:
     sweep = _write(workdir, """
 parameters:
   alpha: [0.1, 0.2, 0.3]
@@ -80,7 +81,8 @@ cases:
 
 
 def test_random_search_is_reproducible_with_a_seed(cli: CliRunner, workdir: Path) -> None:
-    body = "method: random\nsamples: 5\nseed: {seed}\nparameters:\n  alpha: {{uniform: [0, 1]}}\n  beta: [1, 2, 3]\n"
+    body = ("method: random\nsamples: 5\nseed: {seed}\nparameters:\n"
+            "  alpha: {{uniform: [0, 1]}}\n  beta: [1, 2, 3]\n")
     first = _write(workdir, body.format(seed=7), "a.yaml")
     again = _write(workdir, body.format(seed=7), "b.yaml")
     other = _write(workdir, body.format(seed=8), "c.yaml")
@@ -95,7 +97,8 @@ def test_random_search_is_reproducible_with_a_seed(cli: CliRunner, workdir: Path
     assert len(trials(first)) == 5
 
 
-def test_typo_in_a_parameter_name_is_refused_before_anything_runs(cli: CliRunner, workdir: Path) -> None:
+def test_typo_in_a_parameter_name_is_refused_before_anything_runs(cli: CliRunner,
+                                                                  workdir: Path) -> None:
     sweep = _write(workdir, "parameters:\n  alpah: [0.1, 0.2]\n")
     res = cli("sweep", str(sweep))
     assert res.returncode == 2
@@ -112,7 +115,8 @@ def _parent_exists(workdir: Path) -> bool:
 def test_parallel_trials_overlap(cli: CliRunner, workdir: Path) -> None:
     out = workdir / "times"
     out.mkdir()
-    sweep = _write(workdir, f"parameters:\n  alpha: [0.1, 0.2, 0.3, 0.4]\n  sleep: 1.5\n  out: {out}\n")
+    sweep = _write(workdir,
+                   f"parameters:\n  alpha: [0.1, 0.2, 0.3, 0.4]\n  sleep: 1.5\n  out: {out}\n")
     res = cli("sweep", str(sweep), "-j", "4")
     assert res.returncode == 0, res.stderr
     spans = [json.loads(p.read_text()) for p in out.glob("*.json")]
@@ -139,7 +143,8 @@ def test_fail_fast_stops_launching_continue_runs_all(cli: CliRunner, workdir: Pa
 
 
 def test_retries_make_new_attempts(cli: CliRunner, workdir: Path) -> None:
-    res = cli("sweep", str(_write(workdir, "parameters:\n  alpha: 0.2\n  fail_on: 0.2\nretries: 2\n")))
+    body = "parameters:\n  alpha: 0.2\n  fail_on: 0.2\nretries: 2\n"
+    res = cli("sweep", str(_write(workdir, body)))
     assert res.returncode == 1
     children = _children(workdir, _parent(workdir).info.run_id)
     assert sorted(c.data.tags["projectrun.trial.attempt"] for c in children) == ["1", "2", "3"]
@@ -158,8 +163,8 @@ objective: {metric: loss, goal: minimize}
     best = client_for(_store(workdir)).get_run(parent.data.tags["projectrun.sweep.best_run_id"])
     assert best.data.params["alpha"] == "0.2"
     assert parent.data.metrics["best_loss"] == pytest.approx(1.0)
-    board = client_for(_store(workdir)).download_artifacts(parent.info.run_id, "sweep/leaderboard.json",
-                                                           str(workdir))
+    board = client_for(_store(workdir)).download_artifacts(parent.info.run_id,
+                                                           "sweep/leaderboard.json", str(workdir))
     rows = json.loads(Path(board).read_text())
     assert rows[0]["param.alpha"] == "0.2" and rows[0]["run_id"] == best.info.run_id
 
@@ -167,7 +172,8 @@ objective: {metric: loss, goal: minimize}
 def test_interrupted_sweep_resumes_only_missing_trials(workdir: Path, cli: CliRunner) -> None:
     out = workdir / "times"
     out.mkdir()
-    sweep = _write(workdir, f"parameters:\n  alpha: [0.1, 0.2, 0.3, 0.4, 0.5]\n  sleep: 1\n  out: {out}\n")
+    sweep = _write(workdir,
+                   f"parameters:\n  alpha: [0.1, 0.2, 0.3, 0.4, 0.5]\n  sleep: 1\n  out: {out}\n")
     proc = subprocess.Popen([sys.executable, "-m", "projectrun", "sweep", str(sweep), "-j", "1"],
                             cwd=workdir, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -200,8 +206,8 @@ def test_interrupted_sweep_resumes_only_missing_trials(workdir: Path, cli: CliRu
 
 
 def test_inline_grid_on_the_run_command(cli: CliRunner, workdir: Path) -> None:
-    res = cli(str(FIXTURES / "sweep"), "--grid", "alpha=0.1,0.2", "--grid", "beta=1,2", "-P", "sleep=0",
-              "-j", "2", "--experiment-name", "sw")
+    res = cli(str(FIXTURES / "sweep"), "--grid", "alpha=0.1,0.2", "--grid", "beta=1,2",
+              "-P", "sleep=0", "-j", "2", "--experiment-name", "sw")
     assert res.returncode == 0, res.stderr
     children = _children(workdir, _parent(workdir).info.run_id)
     assert sorted((c.data.params["alpha"], c.data.params["beta"]) for c in children) == [
@@ -217,7 +223,8 @@ def test_python_api(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_timeout_fails_a_trial_and_stops_its_processes(cli: CliRunner, workdir: Path) -> None:
-    res = cli("sweep", str(_write(workdir, "parameters:\n  alpha: 0.1\n  sleep: 60\ntimeout: 1s\n")))
+    body = "parameters:\n  alpha: 0.1\n  sleep: 60\ntimeout: 1s\n"
+    res = cli("sweep", str(_write(workdir, body)))
     assert res.returncode == 1
     assert "timed out" in res.stderr
     (child,) = _children(workdir, _parent(workdir).info.run_id)

@@ -1,4 +1,4 @@
-"""The sweep planner: file -> validated spec -> ordered trials. Pure, so every test is in-process."""
+"""The sweep planner: file -> validated spec -> ordered trials. Pure: every test is in-process."""
 from __future__ import annotations
 
 import json
@@ -9,19 +9,19 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from projectrun.durations import parse_duration
 from projectrun.errors import ParameterError, SpecError, UsageError
 from projectrun.spec import EntryPoint, Parameter
 from projectrun.sweepplan import (
     Execution,
     Fixed,
-    Plan,
+    SweepPlan,
     SweepSpec,
     Values,
     check_against_entry_point,
     expand,
     load_sweep,
     normalize_value,
-    parse_duration,
     parse_grid_flags,
     spec_from_grid,
     trial_key,
@@ -61,7 +61,8 @@ def test_grid_is_the_product_in_file_order_last_fastest(tmp_path: Path) -> None:
     """)
     got = combos(spec)
     assert len(got) == 6
-    assert [(c["optimizer"], c["batch_size"]) for c in got[:3]] == [("sgd", "16"), ("sgd", "32"), ("sgd", "64")]
+    assert [(c["optimizer"], c["batch_size"]) for c in got[:3]] == [
+        ("sgd", "16"), ("sgd", "32"), ("sgd", "64")]
     assert all(c["epochs"] == "5" for c in got)
     assert list(got[0]) == ["epochs", "optimizer", "batch_size"]
     assert [t.index for t in expand(spec).trials] == list(range(6))
@@ -314,7 +315,8 @@ def test_values_render_as_the_minus_p_text(tmp_path: Path) -> None:
         parameters:
           a: [1, 0.001, 3.0e+6, 3e6, true, text, 1.0e-5]
     """)
-    assert spec.parameters["a"] == Values(("1", "0.001", "3000000.0", "3e6", "true", "text", "1e-05"))
+    assert spec.parameters["a"] == Values(
+        ("1", "0.001", "3000000.0", "3e6", "true", "text", "1e-05"))
     plan = expand(spec)
     assert len(plan.trials) == 6                       # 3.0e+6 and 3e6 are one trial
     assert any("duplicate" in n for n in plan.notes)
@@ -338,7 +340,7 @@ def test_plan_json_round_trip(tmp_path: Path) -> None:
     plan = expand(spec)
     text = plan.to_json()
     json.loads(text)
-    back = Plan.from_json(text)
+    back = SweepPlan.from_json(text)
     assert back == plan
     assert back.execution == Execution(parallel=3, on_failure="fail_fast", max_failures=2,
                                        retries=1, timeout=5400.0)
@@ -376,8 +378,9 @@ def test_unknown_keys_are_errors_with_their_own_line(tmp_path: Path) -> None:
         parameters:
           lr: {lin: [0, 1], nun: 3}
     """)
+    known = found[0].split("known keys: ")[1]
     assert found[0].endswith("sweep.yaml:3: unknown key 'paralel' in the sweep file "
-                             "(did you mean 'parallel'?); known keys: " + found[0].split("known keys: ")[1])
+                             "(did you mean 'parallel'?); known keys: " + known)
     assert "sweep.yaml:5: unknown key 'nun' in parameter 'lr' (did you mean 'num'?)" in found[1]
 
 
@@ -392,7 +395,8 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
         cases: [{lr: 3}]
         exclude: [{modle: 3}]
     """)
-    assert [p.split(": ", 1)[0].rsplit(":", 1)[1] for p in found] == ["2", "4", "5", "6", "7", "8", "9"]
+    lines = [p.split(": ", 1)[0].rsplit(":", 1)[1] for p in found]
+    assert lines == ["2", "4", "5", "6", "7", "8", "9"]
     assert "needs num" in found[1]
     assert "cannot be enumerated by method: grid" in found[2]
     assert "flip its sign" in found[3]
@@ -477,7 +481,8 @@ def test_values_are_checked_against_declared_types_and_required_names(tmp_path: 
 
 
 def test_a_valid_sweep_passes_and_script_entry_points_take_any_name(tmp_path: Path) -> None:
-    spec = sweep(tmp_path, "parameters: {data: d.csv, learning_rate: [1e-3, 0.01], batch_size: [16]}\n")
+    spec = sweep(tmp_path,
+                 "parameters: {data: d.csv, learning_rate: [1e-3, 0.01], batch_size: [16]}\n")
     check_against_entry_point(spec, entry_point())
     check_against_entry_point(spec, entry_point(declared=False))
 
@@ -487,15 +492,16 @@ def test_a_valid_sweep_passes_and_script_entry_points_take_any_name(tmp_path: Pa
 
 def test_parse_grid_flags_splits_on_commas_with_escapes() -> None:
     got = parse_grid_flags(["alpha=0.1,0.2", r"label=a\,b,c", "path=C:\\x,y", "eq=k=v"])
-    assert got == {"alpha": ["0.1", "0.2"], "label": ["a,b", "c"], "path": ["C:\\x", "y"], "eq": ["k=v"]}
+    assert got == {"alpha": ["0.1", "0.2"], "label": ["a,b", "c"], "path": ["C:\\x", "y"],
+                   "eq": ["k=v"]}
     for bad in (["alpha"], ["=1,2"], ["a=1,"], ["a=1", "a=2"]):
         with pytest.raises(UsageError):
             parse_grid_flags(bad)
 
 
 def test_spec_from_grid_builds_a_grid(tmp_path: Path) -> None:
-    spec = spec_from_grid(".", "train", {"data": "d.csv"}, parse_grid_flags(["lr=0.1,0.2", "bs=16,32"]),
-                          max_runs=3, seed=5)
+    spec = spec_from_grid(".", "train", {"data": "d.csv"},
+                          parse_grid_flags(["lr=0.1,0.2", "bs=16,32"]), max_runs=3, seed=5)
     assert spec.parameters["data"] == Fixed("d.csv")
     plan = expand(spec)
     assert len(plan.trials) == 3 and plan.seed == 5

@@ -55,5 +55,5 @@ def _outcome(future: Future[TrialOutcome], task: TrialTask) -> TrialOutcome:
     error = future.exception()
     if error is None:
         return future.result()
-    return TrialOutcome(tracking.FAILED, task.run_id, f"internal error: {type(error).__name__}: {error}",
-                        lost=True)
+    return TrialOutcome(tracking.FAILED, task.run_id,
+                        f"internal error: {type(error).__name__}: {error}", lost=True)
