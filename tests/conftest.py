@@ -55,7 +55,7 @@ def cli(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "projectrun", *args], cwd=cwd or workdir, text=True,
-            capture_output=True, timeout=timeout,
+            capture_output=True, timeout=timeout, check=False,
             env=child_env({"PROJECTRUN_HOME": home, **(env or {})}),
         )
 
@@ -73,7 +73,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a sqlite backend; yields its URL."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    log = open(root / "server.log", "w")
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed once the server has stopped
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
@@ -114,6 +114,24 @@ def only_run(uri: str, experiment_name: str | None = None):  # type: ignore[no-u
     runs = client.search_runs([exp_id])
     assert len(runs) == 1, f"expected one run, found {len(runs)}"
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A bare git repository with branches and tags (gitrepos.make_origin), once per session."""
+    from gitrepos import make_origin
+
+    return make_origin(tmp_path_factory.mktemp("origin"))
+
+
+@pytest.fixture(scope="session")
+def daemon(origin: Any) -> Iterator[Any]:
+    """A real `git daemon` on 127.0.0.1 serving ``origin``; its URL is ``daemon.url``."""
+    from gitrepos import start_daemon
+
+    served = start_daemon(origin.bare.parent)
+    yield served
+    served.stop()
 
 
 @pytest.fixture(scope="session")
