@@ -40,6 +40,9 @@ _TRANSIENT = ("not reachable", "database is locked", "database table is locked",
               "temporarily_unavailable", "http 502", "http 503", "http 504", "http 500",
               "connection reset", "remote end closed")
 _LOCKED = ("database is locked", "database table is locked")
+#: store URIs MLflow takes as names, without a scheme (``databricks`` is the workspace of the
+#: default Databricks CLI profile); they are not paths
+NAMED_STORES = ("databricks", "databricks-uc", "uc")
 LOG_ARTIFACT_DIR = "projectrun"
 LOG_FILE_NAME = "output.log"
 
@@ -63,6 +66,8 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     if uri.startswith("file:") and not uri.startswith("file://"):
         path = uri[len("file:"):]
         return (cwd / path).resolve().as_uri() if not path.startswith("/") else Path(path).as_uri()
+    if uri in NAMED_STORES:
+        return uri
     if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.I):
         return (cwd / uri).resolve().as_uri()  # a plain path is a file store
     try:
@@ -82,7 +87,7 @@ def retry_seconds() -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value < 0:
+    if not value >= 0:  # nan too: it would retry forever
         raise UsageError(f"{RETRY_ENV_VAR}={text}: give a number of seconds (e.g. 60, or 0 for no "
                          f"retries)")
     return value
