@@ -309,6 +309,8 @@ def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tra
             if request.run_id:
                 extra_tags.update(request.tags)  # a scheduler's additions (the node running it)
                 extra_tags.update(liveness.launcher_tags())  # a continued run is ours now
+                if request.run_name:  # MLflow renames a continued run too (it sets the tag)
+                    extra_tags[tracking.TAG_RUN_NAME] = request.run_name
             logging_done = _in_background(_log_and_reconcile, tracker, run_id, experiment_id,
                                           pending_params, extra_tags, report, unsent)
             pending_params = {}

@@ -29,6 +29,7 @@ TAG_ENTRY_POINT = "mlflow.project.entryPoint"
 TAG_ENV = "mlflow.project.env"
 TAG_BACKEND = "mlflow.project.backend"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
 TAG_COMMAND = "projectrun.command"
 TAG_ENV_KEY = "projectrun.env.key"
 #: seconds to keep retrying writes to an existing run while the store is unreachable or locked
