@@ -107,6 +107,30 @@ def client_for(uri: str):  # type: ignore[no-untyped-def]
     return MlflowClient(tracking_uri=uri)
 
 
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite database as MLflow's own client creates it (tables, Default experiment),
+    made once per session: creating one costs MLflow's migrations, seconds each time."""
+    root = tmp_path_factory.mktemp("mlflow-db")
+    here = os.getcwd()
+    os.chdir(root)  # the Default experiment's artifacts go to ./mlruns of the creating process
+    try:
+        client_for(f"sqlite:///{root / 'mlflow.db'}").search_experiments()
+    finally:
+        os.chdir(here)
+    return root / "mlflow.db"
+
+
+@pytest.fixture
+def sqlite_store_uri(tmp_path: Path, mlflow_db_template: Path) -> str:
+    """A fresh copy of that database in this test's tmp_path; its ``sqlite:///`` URI. The
+    database exists, so projectrun's sqlite fast path applies to it."""
+    import shutil
+
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def only_run(uri: str, experiment_name: str | None = None):  # type: ignore[no-untyped-def]
     """The single run in an experiment (Default when no name is given)."""
     client = client_for(uri)
