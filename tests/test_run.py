@@ -1,6 +1,7 @@
 """End-to-end launches: real child processes recorded in a real sqlite store or mlflow server."""
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES, CliRunner, child_env, client_for, only_run
 
 
@@ -34,13 +34,18 @@ def test_scip_demo_records_params_tags_metrics_and_log(cli: CliRunner, workdir: 
     assert tags["mlflow.project.entryPoint"] == "main"
     assert tags["mlflow.project.backend"] == "local"
     assert "mlflow.project.env" not in tags  # MLflow writes no env tag for --env-manager local
-    assert tags["mlflow.user"]
-    assert tags["mlflow.runName"]
+    assert tags["mlflow.user"] == getpass.getuser()
+    assert tags["mlflow.runName"] == run.info.run_name and run.info.run_name
     # fixtures/ lives in this repo's git work tree: MLflow's file://<top>#<subdir> form
     if (FIXTURES.parent / ".git").exists():
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=FIXTURES / "scip", capture_output=True,
+                                  text=True, check=True).stdout.strip()
+
         assert tags["mlflow.source.name"] == f"file://{FIXTURES.parent}#fixtures/scip"
-        assert len(tags["mlflow.source.git.commit"]) == 40
-        assert tags["mlflow.source.git.dirty"] in ("true", "false")
+        assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        assert tags["mlflow.source.git.dirty"] == ("true" if dirty else "false")
     client = client_for(sqlite_uri(workdir))
     log = Path(client.download_artifacts(run.info.run_id, "projectrun/output.log", str(workdir)))
     assert "objective=" in log.read_text()
@@ -184,7 +189,7 @@ def test_signal_stops_process_group_and_marks_killed(workdir: Path, sig: int, co
     child, pgid, grandchild = (int(x) for x in _wait_for(marker).split())
     assert pgid == child != proc.pid  # the entry point leads its own group
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert not _alive(child) and not _alive(grandchild)
     with pytest.raises(ProcessLookupError):
