@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import client_for, free_port
+
 from projectrun import tracking
 from projectrun.errors import TrackingError, UsageError
-
 
 # --- the store URI the child gets -------------------------------------------------------------
 
