@@ -348,6 +348,8 @@ class _Attempt:
         if self.plan.request.run_id:
             tags.update(self.plan.request.tags)  # a scheduler's additions (the node running it)
             tags.update(liveness.launcher_tags())  # a continued run is ours now
+            if self.plan.request.run_name:  # MLflow renames a continued run too (it sets the tag)
+                tags[tracking.TAG_RUN_NAME] = self.plan.request.run_name
         self.logging_done = recording.in_background(
             recording.log_and_reconcile, self.tracker, self.run_id, self.experiment_id,
             self.pending, tags, self.report, self.unsent)

@@ -37,6 +37,7 @@ TAG_ENTRY_POINT = "mlflow.project.entryPoint"
 TAG_ENV = "mlflow.project.env"
 TAG_BACKEND = "mlflow.project.backend"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
 TAG_COMMAND = "projectrun.command"
 TAG_ENV_KEY = "projectrun.env.key"
 #: seconds to keep retrying writes to an existing run while the store is unreachable or locked
@@ -48,6 +49,9 @@ _TRANSIENT = ("not reachable", "database is locked", "database table is locked",
               "temporarily_unavailable", "http 502", "http 503", "http 504", "http 500",
               "connection reset", "remote end closed")
 _LOCKED = ("database is locked", "database table is locked")
+#: store URIs MLflow takes as names, without a scheme (``databricks`` is the workspace of the
+#: default Databricks CLI profile); they are not paths
+NAMED_STORES = ("databricks", "databricks-uc", "uc")
 LOG_ARTIFACT_DIR = "projectrun"
 LOG_FILE_NAME = "output.log"
 
@@ -71,6 +75,8 @@ def absolute_tracking_uri(uri: str | None, cwd: Path | None = None) -> str:
     if uri.startswith("file:") and not uri.startswith("file://"):
         path = uri[len("file:"):]
         return (cwd / path).resolve().as_uri() if not path.startswith("/") else Path(path).as_uri()
+    if uri in NAMED_STORES:
+        return uri
     if "://" not in uri and not re.match(r"^[a-z][a-z0-9+.-]*:", uri, re.IGNORECASE):
         return (cwd / uri).resolve().as_uri()  # a plain path is a file store
     try:

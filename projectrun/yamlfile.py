@@ -320,11 +320,18 @@ def _yaml_hint(lines: list[str], start: int, line: int, problem: str,
         return line, "; this looks like a Jinja/cookiecutter template: render it first"
     if '"""' in text or "'''" in text:
         return line, "; YAML has no triple quotes: write a block instead, 'command: |' or '>'"
+    continued = "mapping values are not allowed" in problem
+    if continued:  # PyYAML read the lines above as one plain value that this ': ' cannot end
+        start = min(start, _plain_value_start(lines, line))
     for n in range(max(start, 1), min(line, len(lines)) + 1):
         body = lines[n - 1].split(" #", 1)[0]
         if not body.lstrip().startswith("#") and (m := _NO_SPACE_AFTER_COLON.match(body)):
             return n, f"; put a space after '{m.group(1)}:'"
-    if "mapping values are not allowed" in problem:
+    if continued:
+        before = next((lines[n].strip() for n in range(start - 2, -1, -1) if lines[n].strip()), "")
+        if start < line and before.startswith("#"):
+            return start, ("; this line follows a comment: if it continues the comment, start "
+                           "it with '#'")
         return line, "; a plain value may not contain ': ', so quote the whole value"
     previous = next((lines[n].strip() for n in range(line - 2, -1, -1) if lines[n].strip()), "")
     if previous.startswith("#") and not text.lstrip().startswith("#"):
@@ -332,6 +339,21 @@ def _yaml_hint(lines: list[str], start: int, line: int, problem: str,
     if "\t" in problem or "\t" in text:
         return line, "; indent with spaces, not tabs"
     return line, ""
+
+
+def _plain_value_start(lines: list[str], line: int) -> int:
+    """The first line of the multi-line plain value that ends at ``line``: the lines just above
+    it that are neither blank, comments, list items nor keys (``key: x`` or ``key:``).
+    ``name:demo`` followed by ``entry_points:`` is one value to YAML, so PyYAML reports the
+    second line; the typo is on the first."""
+    first = line
+    for n in range(min(line, len(lines) + 1) - 1, 0, -1):
+        body = lines[n - 1].split(" #", 1)[0].strip()
+        if (not body or body.startswith(("#", "- ")) or body == "-" or ": " in body
+                or body.endswith(":")):
+            break
+        first = n
+    return first
 
 
 def _schema_dir() -> Path:

@@ -55,7 +55,7 @@ def cli(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "projectrun", *args], cwd=cwd or workdir, text=True,
-            capture_output=True, timeout=timeout,
+            capture_output=True, timeout=timeout, check=False,
             env=child_env({"PROJECTRUN_HOME": home, **(env or {})}),
         )
 
@@ -73,7 +73,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a sqlite backend; yields its URL."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    log = open(root / "server.log", "w")
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed once the server has stopped
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
@@ -107,6 +107,30 @@ def client_for(uri: str):  # type: ignore[no-untyped-def]
     return MlflowClient(tracking_uri=uri)
 
 
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite database as MLflow's own client creates it (tables, Default experiment),
+    made once per session: creating one costs MLflow's migrations, seconds each time."""
+    root = tmp_path_factory.mktemp("mlflow-db")
+    here = os.getcwd()
+    os.chdir(root)  # the Default experiment's artifacts go to ./mlruns of the creating process
+    try:
+        client_for(f"sqlite:///{root / 'mlflow.db'}").search_experiments()
+    finally:
+        os.chdir(here)
+    return root / "mlflow.db"
+
+
+@pytest.fixture
+def sqlite_store_uri(tmp_path: Path, mlflow_db_template: Path) -> str:
+    """A fresh copy of that database in this test's tmp_path; its ``sqlite:///`` URI. The
+    database exists, so projectrun's sqlite fast path applies to it."""
+    import shutil
+
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def only_run(uri: str, experiment_name: str | None = None):  # type: ignore[no-untyped-def]
     """The single run in an experiment (Default when no name is given)."""
     client = client_for(uri)
@@ -114,6 +138,24 @@ def only_run(uri: str, experiment_name: str | None = None):  # type: ignore[no-u
     runs = client.search_runs([exp_id])
     assert len(runs) == 1, f"expected one run, found {len(runs)}"
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A bare git repository with branches and tags (gitrepos.make_origin), once per session."""
+    from gitrepos import make_origin
+
+    return make_origin(tmp_path_factory.mktemp("origin"))
+
+
+@pytest.fixture(scope="session")
+def daemon(origin: Any) -> Iterator[Any]:
+    """A real `git daemon` on 127.0.0.1 serving ``origin``; its URL is ``daemon.url``."""
+    from gitrepos import start_daemon
+
+    served = start_daemon(origin.bare.parent)
+    yield served
+    served.stop()
 
 
 @pytest.fixture(scope="session")

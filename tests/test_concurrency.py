@@ -115,6 +115,7 @@ def test_prune_looping_while_launches_run(cli: CliRunner, workdir: Path, tmp_pat
         subprocess.run([sys.executable, "-m", "projectrun", "envs", "prune", "--older-than", "0s"],
                        env=env, capture_output=True, timeout=120, check=True)
         prunes += 1
+    assert prunes > 0, "every launch ended before the first prune: nothing raced"
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     assert [code for code, _, _ in results] == [0] * 4, [e[-2000:] for _, _, e in results]
     assert all(out.strip() == "1.17.0" for _, out, _ in results)

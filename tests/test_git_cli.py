@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import CliRunner, client_for
-from test_gitsource import Daemon, Origin, daemon, origin  # noqa: F401 - shared fixtures
+from gitrepos import Daemon, Origin
+
 
 def _run(workdir: Path, exp: str = "0"):  # type: ignore[no-untyped-def]
     runs = client_for(f"sqlite:///{workdir / 'mlflow.db'}").search_runs([exp])
@@ -59,7 +59,8 @@ def test_local_repo_with_version_leaves_working_copy_alone(cli: CliRunner, workd
 
 
 @pytest.mark.parametrize("suffix,args,fragment", [
-    ("#sub/proj", ["-v", "nope"], "no branch, tag or commit 'nope'; branches: dev, main"),
+    ("#sub/proj", ["-v", "nope"],  # newest first
+     "no branch, tag or commit 'nope'; branches: main, dev; tags: v1.1, v1.0"),
     ("#sub/missing", ["-v", "v1.0"], "no subdirectory 'sub/missing'"),
     ("", ["-v", "v1.0"], "no MLproject file at the repository root"),
 ])

@@ -5,107 +5,17 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import free_port
+from gitrepos import Daemon, Origin, commit, git, start_daemon
 
 from projectrun import gitsource
 from projectrun.errors import NetworkError, SourceError, UsageError
-
-GIT_ID = ["-c", "user.name=projectrun tests", "-c", "user.email=tests@example.invalid",
-          "-c", "init.defaultBranch=main", "-c", "protocol.file.allow=always"]
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=cwd, check=True, text=True,
-                          capture_output=True).stdout.strip()
-
-
-def commit(work: Path, files: dict[str, str], message: str) -> str:
-    for name, text in files.items():
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        (work / name).write_text(text)
-    git("add", "-A", cwd=work)
-    git("commit", "-q", "-m", message, cwd=work)
-    return git("rev-parse", "HEAD", cwd=work)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    url: str  # git://127.0.0.1:PORT
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def start_daemon(base: Path) -> Daemon:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", f"--base-path={base}", "--export-all",
-         f"--port={port}", "--listen=127.0.0.1", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return Daemon(proc, f"git://127.0.0.1:{port}")
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("git daemon did not start")
-            time.sleep(0.05)
-
-
-@dataclass
-class Origin:
-    bare: Path  # <srv>/origin.git
-    shas: dict[str, str]
-
-    @property
-    def file_url(self) -> str:
-        return self.bare.as_uri()
-
-
-@pytest.fixture(scope="session")
-def origin(tmp_path_factory: pytest.TempPathFactory) -> Origin:
-    """main: c1 (tag v1.0, annotated) -> c2 (tag v1.1) -> c3; dev: c2 -> d1."""
-    root = tmp_path_factory.mktemp("origin")
-    work = root / "work"
-    git("init", "-q", str(work))
-    mlproject = "name: demo\nentry_points:\n  main:\n    command: cat ../../VERSION\n"
-    shas = {"c1": commit(work, {"VERSION": "1.0", "sub/proj/MLproject": mlproject}, "one")}
-    git("tag", "-a", "v1.0", "-m", "release 1.0", cwd=work)
-    shas["c2"] = commit(work, {"VERSION": "1.1"}, "two")
-    git("tag", "v1.1", cwd=work)
-    git("checkout", "-q", "-b", "dev", cwd=work)
-    shas["dev"] = commit(work, {"VERSION": "dev"}, "dev work")
-    git("checkout", "-q", "main", cwd=work)
-    shas["main"] = commit(work, {"VERSION": "main"}, "three")
-    bare = root / "srv" / "origin.git"
-    git("clone", "-q", "--bare", str(work), str(bare))
-    return Origin(bare, shas)
-
-
-@pytest.fixture(scope="session")
-def daemon(origin: Origin) -> Iterator[Daemon]:
-    served = start_daemon(origin.bare.parent)
-    yield served
-    served.stop()
 
 
 @pytest.fixture(autouse=True)

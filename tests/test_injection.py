@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CliRunner, client_for
-from test_gitsource import commit, git
+from gitrepos import commit, git
 
 DUMP = "import json, sys; print('ARGV ' + json.dumps(sys.argv[1:]))\n"
 
@@ -117,8 +117,8 @@ def test_script_outside_the_project_is_refused(cli: CliRunner, workdir: Path, tm
     res = cli(str(project), "-e", "../../x.py")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        f"projectrun: error: -e ../../x.py: the script is outside the project directory "
-        f"{project}; give a path inside it, or an absolute path"]
+        (f"projectrun: error: -e ../../x.py: the script is outside the project directory "
+         f"{project}; give a path inside it, or an absolute path")]
     (project / "link.py").symlink_to(outside)  # a symlink is followed before the check
     assert cli(str(project), "-e", "link.py").returncode == 2
     assert not (workdir / "mlflow.db").exists()  # nothing was recorded
@@ -192,9 +192,9 @@ def test_path_defaults_may_not_leave_the_checkout(cli: CliRunner, repo: Path, wo
     assert res.returncode == 2, res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("projectrun: error:")]
     assert errors == [
-        "projectrun: error: default data=../../../secret.txt: 'data' is a path parameter whose "
-        "default ../../../secret.txt points outside the project's checkout; pass -P data=PATH "
-        "to use a file elsewhere"]
+        ("projectrun: error: default data=../../../secret.txt: 'data' is a path parameter whose "
+         "default ../../../secret.txt points outside the project's checkout; pass -P data=PATH "
+         "to use a file elsewhere")]
     assert "Traceback" not in res.stderr
 
     mine = tmp / "secret.txt"  # the user's own -P path, relative to the cwd: theirs to give

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CliRunner, client_for
-from test_gitsource import commit, git
+from gitrepos import commit, git
 
 TOKEN = "ghp_tok3n-Abc123xyz"  # the git URL's password
 PASSWORD = "mlflow-pass-w0rd"  # MLFLOW_TRACKING_PASSWORD

@@ -4,7 +4,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from conftest import FIXTURES, CliRunner, client_for
+
+from projectrun import tracking
+from projectrun.errors import TrackingError
 
 
 def _runs(workdir: Path, exp: str = "0") -> list:  # type: ignore[type-arg]
@@ -34,11 +38,48 @@ def test_fast_and_client_paths_record_the_same_run(cli: CliRunner, workdir: Path
         assert names == ["projectrun/output.log"]
 
 
-def test_run_name_and_param_conflict(cli: CliRunner, workdir: Path) -> None:
-    assert cli(str(FIXTURES / "logger")).returncode == 0
+def test_run_name_on_the_fast_path_and_on_a_continued_run(cli: CliRunner, workdir: Path) -> None:
+    """--run-name once the database exists (the fast path writes the run), and with --run-id,
+    which MLflow honours by renaming the continued run."""
+    assert cli(str(FIXTURES / "logger")).returncode == 0  # creates the db (client)
     res = cli(str(FIXTURES / "logger"), "--run-name", "mine")
     assert res.returncode == 0, res.stderr
-    assert _runs(workdir)[-1].info.run_name == "mine"
+    first, mine = _runs(workdir)
+    assert mine.info.run_name == "mine" and mine.data.tags["mlflow.runName"] == "mine"
+    res = cli(str(FIXTURES / "logger"), "--run-id", first.info.run_id, "--run-name", "renamed")
+    assert res.returncode == 0, res.stderr
+    renamed = client_for(f"sqlite:///{workdir / 'mlflow.db'}").get_run(first.info.run_id)
+    assert renamed.info.run_name == "renamed" and renamed.data.tags["mlflow.runName"] == "renamed"
+    assert len(_runs(workdir)) == 2
+
+
+@pytest.mark.parametrize("path", ["fast", "client"])
+def test_conflicting_run_names_and_param_values_are_refused_as_mlflow_refuses_them(
+        path: str, sqlite_store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's stores refuse a run whose run_name and mlflow.runName tag differ, and a param
+    logged again with another value (mlflow#3536: "Changing param values is not allowed"). The
+    fast path must refuse both too, never write what MLflow's client would not."""
+    from projectrun.stores.sqlite import SqliteStore
+
+    if path == "client":
+        monkeypatch.setenv("PROJECTRUN_TRACKING", "client")
+    else:
+        assert SqliteStore.open(sqlite_store_uri) is not None  # the fast path applies here
+    tracker = tracking.Tracker(sqlite_store_uri)
+    client = client_for(sqlite_store_uri)
+    with pytest.raises(TrackingError, match="Both 'run_name' argument and 'mlflow.runName' tag "
+                                            "are specified, but with different values"):
+        tracker.create_run("0", {"mlflow.runName": "from-tag"}, {}, "from-flag")
+    assert client.search_runs(["0"]) == []  # nothing half-written
+    same = tracker.create_run("0", {"mlflow.runName": "same"}, {}, "same")
+    assert client.get_run(same).info.run_name == "same"
+
+    run_id = tracker.create_run("0", {}, {"alpha": "0.5"}, "mine")
+    tracker.log_params(run_id, {"alpha": "0.5"})  # the same value again is no change
+    with pytest.raises(TrackingError, match="(?i)changing param values is not allowed"):
+        tracker.log_params(run_id, {"alpha": "0.50"})
+    run = client.get_run(run_id)
+    assert run.data.params == {"alpha": "0.5"} and run.info.run_name == "mine"
 
 
 def test_unknown_schema_falls_back_to_mlflow(cli: CliRunner, workdir: Path) -> None:

@@ -167,6 +167,7 @@ def test_a_file_store_is_refused_for_nodes_on_other_hosts() -> None:
     assert local_store_problem("file:///data/mlruns", ["here", "b"], "here") is not None
     assert local_store_problem("sqlite:////data/mlflow.db", ["here", "here"], "here") is None
     assert local_store_problem("http://tracking:5000", ["here", "gpu-box"], "here") is None
+    assert local_store_problem("databricks", ["here", "gpu-box"], "here") is None  # not a path
 
 
 def test_without_ray_the_backend_says_how_to_install_it(workdir: Path) -> None:

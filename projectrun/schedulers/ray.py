@@ -43,7 +43,8 @@ EXCLUDES = [".git", "mlruns", "mlflow.db", "mlflow.db-journal", "mlflow.db-wal",
 
 def local_store_problem(tracking_uri: str, hostnames: Iterable[str], here: str) -> str | None:
     """Why a file store cannot serve this cluster (None when it can, or when it is no file)."""
-    is_file = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    is_file = tracking_uri.startswith(("sqlite:", "file:")) or (
+        "://" not in tracking_uri and tracking_uri not in tracking.NAMED_STORES)
     others = sorted(set(hostnames) - {here})
     if not is_file or not others:
         return None

@@ -150,6 +150,8 @@ class SqliteStore(Store):
                         "WHERE experiment_id = ?", (int(experiment_id),))
         if row is None or row[1] != "active":
             raise Unsupported("let MLflow report the missing or deleted experiment")
+        if run_name and tags.get(RUN_NAME_TAG) not in (None, run_name):
+            raise Unsupported("let MLflow refuse a run name that contradicts the mlflow.runName tag")
         run_id = uuid.uuid4().hex
         name = run_name or tags.get(RUN_NAME_TAG) or random_run_name()
         tags = {**tags, RUN_NAME_TAG: name}
