@@ -180,8 +180,8 @@ def test_lock_then_runs_install_exactly_the_lock(cli: CliRunner, tmp_path: Path,
      "no-such-package-xyz"),
     ("channels: ['http://127.0.0.1:9/nowhere']\ndependencies:\n  - python\n", 1,
      "http://127.0.0.1:9/nowhere"),
-    ("channels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip:\n"
-     "    - no-such-pypi-package-projectrun-xyz==9.9\n", 1,
+    (("channels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip:\n"
+      "    - no-such-pypi-package-projectrun-xyz==9.9\n"), 1,
      "no-such-pypi-package-projectrun-xyz"),
     ("channels: [conda-forge\ndependencies: []\n", 2, "conda.yaml:"),
 ])

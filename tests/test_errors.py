@@ -6,7 +6,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES, REPO, CliRunner
 
 

@@ -461,7 +461,8 @@ def test_unparseable_tracking_uri(tmp_path: Path, home: Path) -> None:
     (project / "MLproject").write_text("entry_points:\n  main:\n    command: echo hi\n")
     env = {**os.environ, "HOME": str(home), "PROJECTRUN_HOME": str(home), "MLFLOW_TRACKING_URI": "http://["}
     res = subprocess.run([sys.executable, "-m", "projectrun", str(project), "--env-manager", "local"],
-                         cwd=tmp_path, text=True, capture_output=True, env=env, timeout=60)
+                         cwd=tmp_path, text=True, capture_output=True, env=env, timeout=60,
+                         check=False)
     assert res.returncode == 2
     assert_one_line(res, "MLFLOW_TRACKING_URI=http://[", "not a valid URI")
     assert not (tmp_path / "mlflow.db").exists()

@@ -130,7 +130,7 @@ def test_cancel_stops_the_whole_group_after_the_grace_period(
     monkeypatch.setenv("PROJECTRUN_KILL_GRACE", "1")
     marker = tmp_path / "pids"
     cancel = threading.Event()
-    threading.Thread(target=lambda: (wait_for(marker), cancel.set()), daemon=True).start()
+    _cancel_when_written(marker, cancel)
     started = time.monotonic()
     outcome = launch.run(shell(FAMILY.format(marker=marker), tmp_path), tmp_path / "log",
                          echo=False, cancel=cancel)
@@ -147,7 +147,7 @@ def test_a_child_that_honours_sigterm_ends_at_once(tmp_path: Path,
     monkeypatch.setenv("PROJECTRUN_KILL_GRACE", "60")
     marker = tmp_path / "ready"
     cancel = threading.Event()
-    threading.Thread(target=lambda: (wait_for(marker), cancel.set()), daemon=True).start()
+    _cancel_when_written(marker, cancel)
     started = time.monotonic()
     outcome = launch.run(shell(f"echo > {marker}; exec sleep 300", tmp_path), tmp_path / "log",
                          echo=False, cancel=cancel)
@@ -162,7 +162,7 @@ def test_a_background_job_is_stopped_with_the_entry_point(tmp_path: Path,
     monkeypatch.setenv("PROJECTRUN_KILL_GRACE", "1")
     marker = tmp_path / "pids"
     cancel = threading.Event()
-    threading.Thread(target=lambda: (wait_for(marker), cancel.set()), daemon=True).start()
+    _cancel_when_written(marker, cancel)
     script = (f"(trap '' TERM; exec sleep 300) & echo $$ $(ps -o pgid= $$) $! > {marker}.tmp; "
               f"mv {marker}.tmp {marker}; wait")
     outcome = launch.run(shell(script, tmp_path), tmp_path / "log", echo=False, cancel=cancel)
@@ -217,7 +217,7 @@ def test_an_environment_with_its_own_stop_gets_the_signal_and_cleans_up(tmp_path
         delivered.append(sig)
         os.killpg(holder["pgid"], signal.SIGKILL)  # what `docker kill` would do
 
-    def cleanup() -> None:
+    def cleanup(_returncode: int | None) -> None:
         cleaned.append(True)
 
     cancel = threading.Event()
@@ -237,7 +237,7 @@ def test_an_environment_with_its_own_stop_gets_the_signal_and_cleans_up(tmp_path
 def test_cleanup_runs_even_when_the_command_cannot_start(tmp_path: Path) -> None:
     cleaned: list[bool] = []
     inv = Invocation([str(tmp_path / "no-such-program")], {}, tmp_path,
-                     cleanup=lambda: cleaned.append(True))
+                     cleanup=lambda _code: cleaned.append(True))
     with pytest.raises(FileNotFoundError):
         launch.run(inv, tmp_path / "log", echo=False)
     assert cleaned == [True]
@@ -257,3 +257,12 @@ def test_bad_grace_seconds_are_a_usage_error(monkeypatch: pytest.MonkeyPatch, te
         launch.grace_seconds()
     assert str(err.value) == (f"PROJECTRUN_KILL_GRACE={text}: give the grace period in seconds, "
                               f"e.g. PROJECTRUN_KILL_GRACE=10 (0 kills at once)")
+
+
+def _cancel_when_written(marker: Path, cancel: threading.Event) -> None:
+    """Cancel the run once its command wrote ``marker`` (it is running then)."""
+    def watch() -> None:
+        wait_for(marker)
+        cancel.set()
+
+    threading.Thread(target=watch, daemon=True).start()

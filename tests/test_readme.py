@@ -29,6 +29,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command in ci
 
 
+def test_ci_runs_the_readme_lint_command() -> None:
+    command = _code_block_after("then the linters")
+    assert command.startswith("ruff check ") and "mypy " in command
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
 @pytest.mark.slow
 def test_quick_start_as_written(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """``pip install . && projectrun fixtures/scip ...`` from the README, then what it says

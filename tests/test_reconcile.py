@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES, CliRunner, child_env, client_for
 
 pytestmark = pytest.mark.slow

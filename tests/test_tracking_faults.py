@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import CliRunner, child_env, client_for, free_port
 
 pytestmark = pytest.mark.slow
