@@ -29,10 +29,12 @@ def load_project(directory: str) -> Project:
 def run(uri: str, entry_point: str = "main", parameters: dict[str, Any] | None = None,
         **options: Any) -> RunResult:
     """Launch one run, as ``projectrun URI`` does; options are LaunchRequest fields."""
+    from projectrun import report
     from projectrun.runner import LaunchRequest, launch
 
     params = {k: str(v) for k, v in (parameters or {}).items()}
-    return launch(LaunchRequest(uri=uri, entry_point=entry_point, parameters=params, **options))
+    return launch(LaunchRequest(uri=uri, entry_point=entry_point, parameters=params, **options),
+                  report.stderr)
 
 
 def run_sweep(path: str, **options: Any) -> SweepResult:
@@ -41,9 +43,10 @@ def run_sweep(path: str, **options: Any) -> SweepResult:
     backend="ray", address="host:6379")."""
     import os
 
+    from projectrun import report
     from projectrun.sweep import SweepOptions
     from projectrun.sweep import run_sweep as _run
     from projectrun.sweepplan import load_sweep
 
     options.setdefault("sweep_file", os.path.abspath(path))
-    return _run(load_sweep(path), SweepOptions(**options), lambda _m: None)
+    return _run(load_sweep(path), SweepOptions(**options), report.quiet)

@@ -34,6 +34,7 @@ from projectrun.cachedir import (  # noqa: F401 - the cache's public names, used
     tree_size,
 )
 from projectrun.errors import EnvBuildError, UsageError
+from projectrun.report import Reporter
 
 #: Mixed into every key: bump it when the layout or the meaning of an entry changes.
 FORMAT_VERSION = 1
@@ -44,7 +45,6 @@ LAST_USED = ".projectrun-last-used"
 #: written by ``envs verify`` into a broken entry: the next launch rebuilds it
 BROKEN = ".projectrun-broken"
 
-Reporter = Callable[[str], None]
 Builder = Callable[[Path], None]
 #: Returns None when a built entry is usable, else the reason it must be rebuilt.
 HealthCheck = Callable[[Path], "str | None"]

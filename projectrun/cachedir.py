@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from projectrun import settings
+from projectrun.report import Reporter
 
 HOME_ENV_VAR = settings.HOME
 CACHEDIR_TAG = (
@@ -39,7 +40,6 @@ CACHEDIR_TAG = (
 GRACE = 3600.0
 TRASH_PREFIX = ".trash-"
 
-Reporter = Callable[[str], None]
 
 
 def root() -> Path:

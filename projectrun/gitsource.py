@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,7 @@ from typing import Any
 from projectrun import cachedir
 from projectrun.errors import NetworkError, SourceError, UsageError
 from projectrun.gitinfo import strip_credentials
-
-Report = Callable[[str], None]
+from projectrun.report import Reporter
 
 #: transports git may use for the project itself; ``ext`` (runs commands) is never on it
 PROTOCOLS = ("https", "http", "ssh", "git", "file")
@@ -189,11 +187,11 @@ def _write_meta(mirror: Path, url: str, fetched: bool) -> None:
     cachedir.write_json(mirror / META_FILE, meta)
 
 
-def _locked(mirror: Path, report: Report, what: str) -> contextlib.AbstractContextManager[None]:
+def _locked(mirror: Path, report: Reporter, what: str) -> contextlib.AbstractContextManager[None]:
     return cachedir.GIT.lock(mirror.stem, report, f"waiting for another projectrun {what}")
 
 
-def _clone(url: str, mirror: Path, report: Report) -> None:
+def _clone(url: str, mirror: Path, report: Reporter) -> None:
     """Clone into a temp dir next to the mirror and rename it into place only when complete."""
     report(f"cloning {strip_credentials(url)} into the cache")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{mirror.stem}-", dir=mirror.parent))
@@ -220,7 +218,7 @@ def _fix_head(url: str, mirror: Path) -> None:
         _git(["symbolic-ref", "HEAD", match.group(1)], mirror, check=False)
 
 
-def _refresh(url: str, mirror: Path, version: str | None, offline: bool, report: Report) -> bool:
+def _refresh(url: str, mirror: Path, version: str | None, offline: bool, report: Reporter) -> bool:
     """Bring the mirror up to date; returns whether a network fetch happened."""
     safe = strip_credentials(url)
     if not mirror.exists():
@@ -349,7 +347,7 @@ def _worktree(mirror: Path, sha: str) -> Path:
     return tree
 
 
-def _submodules(mirror: Path, tree: Path, offline: bool, report: Report) -> None:
+def _submodules(mirror: Path, tree: Path, offline: bool, report: Reporter) -> None:
     if not (tree / ".gitmodules").exists():
         return
     if offline:
@@ -366,7 +364,7 @@ def _submodules(mirror: Path, tree: Path, offline: bool, report: Report) -> None
 
 
 def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = False,
-          report: Report) -> GitCheckout:
+          report: Reporter) -> GitCheckout:
     """Update (or create) the mirror of ``url`` and check ``version`` out into a fresh work tree.
 
     A remote that cannot be reached is only a warning when the mirror already has the version;

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
+from projectrun import report
+
 
 class Progress(Protocol):
     def update(self, *, total: int | None = None, description: str | None = None) -> None: ...
@@ -92,7 +94,6 @@ def for_stream(stream: IO[str] = sys.stderr,
     def make(description: str) -> Progress:
         if is_tty:
             return BarProgress(description, stream)
-        return LineProgress(description, write or (lambda line: print(f"projectrun: {line}",
-                                                                      file=stream, flush=True)))
+        return LineProgress(description, write or report.to_stream(stream))
 
     return make

@@ -7,12 +7,11 @@ do this for it; ``projectrun runs reconcile`` does it on demand.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from projectrun import liveness, tracking
-
-Reporter = Callable[[str], None]
+from projectrun.report import Reporter
 
 
 @dataclass(frozen=True)

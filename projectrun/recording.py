@@ -13,8 +13,7 @@ from pathlib import Path
 
 from projectrun import interrupts, redact, tracking
 from projectrun.errors import ProjectRunError
-
-Reporter = Callable[[str], None]
+from projectrun.report import Reporter
 
 
 @dataclass

@@ -9,7 +9,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -38,16 +37,12 @@ from projectrun.errors import (
     SourceError,
     UsageError,
 )
+from projectrun.report import Reporter, quiet
 
 if TYPE_CHECKING:
     from projectrun.progress import Progress
 
-Reporter = Callable[[str], None]
 ProgressFactory = Callable[[str], "Progress"]
-
-
-def _stderr(message: str) -> None:
-    print(f"projectrun: {redact.text(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -130,7 +125,7 @@ class RunResult:
     silent: bool = False
 
 
-def plan(request: LaunchRequest, report: Reporter = _stderr,
+def plan(request: LaunchRequest, report: Reporter = quiet,
          source: sources.Source | None = None) -> Plan:
     """Resolve everything that records nothing: a bad input fails here, before any run exists.
 
@@ -215,7 +210,7 @@ def _download_remote_paths(the_plan: Plan, storage: Path) -> dict[str, str]:
     return out
 
 
-def launch(request: LaunchRequest, report: Reporter = _stderr,
+def launch(request: LaunchRequest, report: Reporter = quiet,
            progress: ProgressFactory | None = None) -> RunResult:
     """Plan, record and run one launch; raise RunFailed / RunInterrupted after recording the end."""
     the_plan = plan(request, report)
@@ -256,7 +251,7 @@ def run_tags(the_plan: Plan, backend: str = "local") -> dict[str, str]:
     return tags
 
 
-def execute(the_plan: Plan, report: Reporter = _stderr, *, tracker: tracking.Tracker | None = None,
+def execute(the_plan: Plan, report: Reporter = quiet, *, tracker: tracking.Tracker | None = None,
             experiment_id: str | None = None, cancel: threading.Event | None = None,
             timeout: float | None = None, log_path: Path | None = None,
             progress: ProgressFactory | None = None) -> RunResult:

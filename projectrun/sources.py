@@ -8,12 +8,7 @@ from pathlib import Path
 
 from projectrun import gitinfo
 from projectrun.errors import SourceError
-
-Report = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    pass
+from projectrun.report import Reporter, quiet
 
 
 @dataclass(frozen=True)
@@ -83,7 +78,7 @@ def resolve_local(uri: str) -> Source:
     return Source(directory=directory, name=name, git_tags=tags)
 
 
-def resolve_git(uri: str, version: str | None, *, offline: bool, report: Report) -> Source:
+def resolve_git(uri: str, version: str | None, *, offline: bool, report: Reporter) -> Source:
     from projectrun import gitsource
 
     base, sub = split_fragment(uri)
@@ -98,7 +93,7 @@ def resolve_git(uri: str, version: str | None, *, offline: bool, report: Report)
 
 
 def resolve(uri: str, version: str | None = None, *, offline: bool = False,
-            report: Report = _quiet) -> Source:
+            report: Reporter = quiet) -> Source:
     """Local directories run in place; git URLs run from a cached mirror in a fresh work tree.
 
     A local git repository with ``-v`` is checked out into its own work tree too: MLflow checks

@@ -12,13 +12,11 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from projectrun import cachedir, redact
-
-Reporter = Callable[[str], None]
+from projectrun.report import Reporter
 
 
 def spool_dir() -> Path:

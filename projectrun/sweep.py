@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -33,6 +32,7 @@ from projectrun import (
     tracking,
 )
 from projectrun.errors import ProjectRunError, RunInterrupted, UsageError
+from projectrun.report import Reporter, quiet
 from projectrun.sweeprecord import leaderboard, to_csv
 
 if TYPE_CHECKING:
@@ -42,11 +42,6 @@ if TYPE_CHECKING:
 #: --dry-run --csv uses sweep.to_csv)
 __all__ = ["SweepInterrupted", "SweepOptions", "SweepResult", "TrialResult", "leaderboard",
            "run_sweep", "to_csv"]
-Reporter = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(f"projectrun: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -107,7 +102,7 @@ class _Stop:
 
 
 def run_sweep(sweep_spec: sweepplan.SweepSpec, options: SweepOptions,
-              report: Reporter = _stderr) -> SweepResult:
+              report: Reporter = quiet) -> SweepResult:
     """Plan (or read back) the sweep, check it against the entry point, and run it to the end."""
     plan = sweepplan.expand(sweep_spec)
     launch.grace_seconds()  # a bad PROJECTRUN_KILL_GRACE: one usage line before any trial
@@ -243,10 +238,6 @@ def _backend(plan: sweepplan.SweepPlan, options: SweepOptions) -> sweepplan.Back
     return backend
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
 class _Attempts:
     """Turns a trial into the task of one attempt, creating the attempt's child run first.
 
@@ -275,7 +266,7 @@ class _Attempts:
             uri=plan.project, entry_point=plan.entry_point, version=plan.version,
             parameters=dict(trial.params), env_manager=self.manager, echo=False, run_name=run_name,
             tags=tags, offline=self.offline)
-        the_plan = runner.plan(request, _quiet, source=self.source)
+        the_plan = runner.plan(request, quiet, source=self.source)
         run_id = self.tracker.create_run(self.experiment_id,
                                          runner.run_tags(the_plan, self.backend),
                                          the_plan.params.logged, run_name)

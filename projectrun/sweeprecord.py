@@ -11,18 +11,17 @@ import dataclasses
 import io
 import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from projectrun import redact, sources, tracking
 from projectrun.errors import UsageError
+from projectrun.report import Reporter
 from projectrun.sweepplan import SweepPlan
 
 if TYPE_CHECKING:
     from projectrun.sweep import SweepOptions, TrialResult
 
-Reporter = Callable[[str], None]
 PLAN_ARTIFACT = "sweep/plan.json"
 TAG_SWEEP = "projectrun.sweep"
 TAG_SWEEP_FILE = "projectrun.sweep.file"

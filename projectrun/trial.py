@@ -15,11 +15,8 @@ from pathlib import Path
 
 from projectrun import runner, sources, tracking
 from projectrun.errors import ProjectRunError
+from projectrun.report import quiet
 from projectrun.schedulers import TrialOutcome, TrialTask
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def request_for(task: TrialTask) -> runner.LaunchRequest:
@@ -44,14 +41,14 @@ def run_trial(task: TrialTask, cancel: threading.Event | None = None, *,
     with tempfile.TemporaryDirectory(prefix="projectrun-trial-") as tmp:
         log_path = Path(tmp) / tracking.LOG_FILE_NAME
         try:
-            the_plan = runner.plan(request_for(task), _quiet, source=source)
+            the_plan = runner.plan(request_for(task), quiet, source=source)
         except ProjectRunError as exc:
             return TrialOutcome(tracking.FAILED, task.run_id, str(exc), time.monotonic() - start,
                                 lost=task.run_id is not None)
         # The child writes to the store the driver chose, whatever this node's environment says.
         the_plan = dataclasses.replace(the_plan, tracking_uri=task.tracking_uri)
         try:
-            run = runner.execute(the_plan, _quiet, tracker=tracker, experiment_id=task.experiment_id,
+            run = runner.execute(the_plan, quiet, tracker=tracker, experiment_id=task.experiment_id,
                                  cancel=cancel, timeout=task.timeout, log_path=log_path)
         except ProjectRunError as exc:  # raised only before the run was taken over
             return TrialOutcome(tracking.FAILED, task.run_id, str(exc), time.monotonic() - start,

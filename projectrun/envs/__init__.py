@@ -16,14 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from projectrun.errors import UsageError
+from projectrun.report import Reporter, quiet
 
 if TYPE_CHECKING:
     from projectrun.progress import Progress
     from projectrun.spec import Project
-
-#: Where a kind sends progress lines ("building python env ...", "waiting for ..."); the CLI's
-#: reporter prefixes them with "projectrun: " on stderr.
-Reporter = Callable[[str], None]
 
 #: manager name -> "module:attribute" of its kind; the CLI's --env-manager choices come from here.
 #: Modules are imported only when their kind is used (rattler and docker are slow to import).
@@ -37,15 +34,11 @@ KINDS: dict[str, str] = {
 MANAGERS = tuple(KINDS)
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
 @dataclass(frozen=True)
 class Context:
     """What a launch tells a kind besides the project: where to talk, and what the user asked."""
 
-    report: Reporter = _quiet
+    report: Reporter = quiet
     verbose: bool = False
     #: no network: use caches only (git mirrors, package caches, channels' cached repodata)
     offline: bool = False
@@ -55,7 +48,7 @@ class Context:
     #: the run's artifact location (a container mounts a local one at the same path)
     artifact_uri: str | None = None
     #: build output (installer lines) for the run's log; shown on stderr only with --verbose
-    log: Reporter = _quiet
+    log: Reporter = quiet
     #: makes a progress display for a build step (a bar on a TTY, a few lines otherwise)
     progress: Callable[[str], Progress] | None = None
 

@@ -15,17 +15,16 @@ Backends, imported only when used (Ray is slow to import and optional):
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from projectrun.errors import UsageError
+from projectrun.report import Reporter
 
 if TYPE_CHECKING:
     from projectrun import sources, tracking
     from projectrun.sweepplan import Backend
 
-Reporter = Callable[[str], None]
 
 #: backend name -> "module:class"; the CLI's --backend choices come from here.
 SCHEDULERS: dict[str, str] = {
