@@ -34,7 +34,9 @@ _NAMES = (HOME, KILL_GRACE, TRACKING_RETRY, TRACKING_PATH, INSTALLER, PYTHON_DOW
           "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, hint: str) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float, hint: str, *,
+             forever: bool = False) -> float:
+    """A number of seconds >= 0; ``inf`` only where waiting forever is a choice (``forever``)."""
     text = env.get(name, "").strip()
     if not text:
         return default
@@ -42,7 +44,7 @@ def _seconds(env: Mapping[str, str], name: str, default: float, hint: str) -> fl
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):  # nan and inf too: they would wait forever
+    if not (0 <= value < float("inf") or (forever and value == float("inf"))):  # nan: never
         raise UsageError(f"{name}={text}: {hint}")
     return value
 
@@ -84,7 +86,8 @@ class Settings:
                                 f"give the grace period in seconds, e.g. {KILL_GRACE}=10 (0 kills "
                                 f"at once)"),
             tracking_retry=_seconds(env, TRACKING_RETRY, DEFAULT_TRACKING_RETRY,
-                                    "give a number of seconds (e.g. 60, or 0 for no retries)"),
+                                    "give a number of seconds (e.g. 60, or 0 for no retries)",
+                                    forever=True),
             client_only=env.get(TRACKING_PATH, "").lower() == "client",
             installer=installer,
             python_downloads=env.get(PYTHON_DOWNLOADS) == "1",

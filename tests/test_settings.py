@@ -32,6 +32,7 @@ def test_values_are_parsed() -> None:
     ("PROJECTRUN_KILL_GRACE", "-1", "give the grace period in seconds"),
     ("PROJECTRUN_KILL_GRACE", "inf", "give the grace period in seconds"),
     ("PROJECTRUN_TRACKING_RETRY", "nan", "give a number of seconds"),
+    ("PROJECTRUN_TRACKING_RETRY", "-inf", "give a number of seconds"),
     ("PROJECTRUN_INSTALLER", "conda", "must be one of uv, pip"),
 ])
 def test_a_bad_value_is_one_usage_line_naming_the_variable(name: str, value: str, fragment: str) -> None:
