@@ -6,11 +6,14 @@ real CLI and a real sqlite store or `mlflow server`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -213,3 +216,103 @@ def test_sweep_builds_the_image_once_and_envs_lists_it(
     assert removed.returncode == 0, removed.stderr
     with contextlib.closing(docker_engine.client()) as client:
         assert not client.images.list(name=f"projectrun/docker-demo:{entry['key']}")
+
+
+def test_image_queries_use_the_engine_socket_not_the_cli(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_image: str,
+        denv: dict[str, str]) -> None:
+    from projectrun.envs import docker as denvmod
+
+    if not denv["DOCKER_HOST"].startswith("unix://"):
+        pytest.skip("the engine is not on a unix socket")
+    monkeypatch.setenv("DOCKER_HOST", denv["DOCKER_HOST"])
+    via_cli = denvmod._cli_image_id(docker_image)
+    assert via_cli and via_cli.startswith("sha256:")
+
+    def no_cli(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"the docker CLI was called: {args}")
+
+    monkeypatch.setattr(denvmod.subprocess, "run", no_cli)
+    assert denvmod.inspect_image(docker_image) == via_cli
+    assert denvmod.inspect_image(via_cli) == via_cli  # an id is a reference too
+    assert denvmod.inspect_image("projectrun-test/absent:9") is None
+    assert denvmod.inspect_image("projectrun-test/absent@sha256:" + "0" * 64) is None
+
+
+def test_the_socket_is_used_only_where_the_cli_would_use_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from projectrun.envs.docker import engine_socket
+
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/x/docker.sock")
+    assert engine_socket() == "/run/x/docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    assert engine_socket() is None
+    monkeypatch.setenv("DOCKER_HOST", "ssh://me@far")
+    assert engine_socket() is None
+    monkeypatch.delenv("DOCKER_HOST")
+    assert engine_socket() == "/var/run/docker.sock"  # no config at all
+    config = tmp_path / "config.json"
+    config.write_text('{"auths": {}, "currentContext": "default"}')
+    assert engine_socket() == "/var/run/docker.sock"
+    config.write_text('{"currentContext": "remote"}')
+    assert engine_socket() is None  # the CLI would talk to that context's endpoint
+    config.write_text("{not json")
+    assert engine_socket() is None
+    config.unlink()
+    monkeypatch.setenv("DOCKER_CONTEXT", "remote")
+    assert engine_socket() is None
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/x/docker.sock")
+    assert engine_socket() == "/run/x/docker.sock"  # DOCKER_HOST wins, as for the CLI
+
+
+def test_a_socket_that_does_not_answer_falls_back_to_the_cli(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_image: str,
+        denv: dict[str, str]) -> None:
+    from projectrun.envs import docker as denvmod
+
+    if not denv["DOCKER_HOST"].startswith("unix://"):
+        pytest.skip("the engine is not on a unix socket")
+    monkeypatch.setenv("DOCKER_HOST", denv["DOCKER_HOST"])
+    expected = denvmod._cli_image_id(docker_image)
+    path = str(tmp_path / "mute.sock")
+    with socket.socket(socket.AF_UNIX) as mute:  # answers garbage, then closes
+        mute.bind(path)
+        mute.listen(1)
+        monkeypatch.setattr(denvmod, "engine_socket", lambda: path)
+
+        def garbage() -> None:
+            conn, _ = mute.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.0 500 Internal Server Error\r\n\r\n{}")
+
+        threading.Thread(target=garbage, daemon=True).start()
+        assert denvmod.inspect_image(docker_image) == expected
+    monkeypatch.setattr(denvmod, "engine_socket", lambda: str(tmp_path / "none.sock"))
+    assert denvmod.inspect_image(docker_image) == expected
+
+
+def test_a_new_base_image_under_the_same_tag_rebuilds(
+        cli: CliRunner, tmp_path: Path, docker_image: str, docker_engine: Any,
+        denv: dict[str, str]) -> None:
+    base = "projectrun-test/rebase:1"
+    with contextlib.closing(docker_engine.client()) as client:
+        client.images.get(docker_image).tag(base)
+    proj = docker_project(tmp_path / "proj", base, command="cat /etc/rebased || echo first")
+    first = cli(str(proj), env=denv)
+    assert first.returncode == 0 and "building docker image" in first.stderr, first.stderr
+    assert cli(str(proj), env=denv).stderr.count("building") == 0
+    dockerfile = f"FROM {docker_image}\nLABEL rebased=yes\n".encode()
+    with contextlib.closing(docker_engine.client()) as client:
+        new, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=base, rm=True)
+        old_id = client.images.get(docker_image).id
+    assert new.id != old_id
+    again = cli(str(proj), "--verbose", env=denv)
+    assert again.returncode == 0 and "building docker image" in again.stderr, again.stderr
+    with contextlib.closing(docker_engine.client()) as client:
+        tags = [t for img in client.images.list(name="projectrun/docker-demo") for t in img.tags]
+        labels = [client.images.get(t).labels.get("rebased") for t in tags]
+    assert "yes" in labels  # the rebuilt project image is on the new base
+    assert cli(str(proj), env=denv).stderr.count("building") == 0

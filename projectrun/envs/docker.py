@@ -9,7 +9,8 @@ only, so no secret reaches argv, logs or tags. A local tracking store and artifa
 mounted at the same paths (so artifact URIs stay true), and a server on the host's loopback is
 reached with host networking. Signals become ``docker kill --signal``; no container outlives
 its launch. The docker SDK is imported only to pull or build (``dockerbuild``); a cached
-launch uses one ``docker image inspect``.
+launch asks the engine for two image ids (base, project image), over its unix socket when the
+CLI would use that socket too, else with ``docker image inspect``.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from projectrun import cache
 from projectrun.envs import Context, Invocation
@@ -175,7 +177,78 @@ verify = health_check
 
 
 def inspect_image(ref: str) -> str | None:
-    """The local image id of ``ref``, or None; one CLI call (the SDK costs 0.2 s to import)."""
+    """The local image id of ``ref``, or None: one request on the engine's unix socket when the
+    CLI would use that socket too (~1 ms), else one CLI call (~20 ms; the SDK costs 0.2 s)."""
+    sock = engine_socket()
+    if sock:
+        try:
+            return _api_image_id(sock, ref)
+        except _NoAnswer:
+            pass  # the CLI then says what is wrong, as it always did
+    return _cli_image_id(ref)
+
+
+class _NoAnswer(Exception):
+    """The socket gave no usable answer (not there, refused, an error status): ask the CLI."""
+
+
+def engine_socket() -> str | None:
+    """The unix socket the docker CLI would talk to, or None when it would use something else:
+    ``DOCKER_HOST=unix://PATH``, or no DOCKER_HOST and no context chosen (the default socket).
+    DOCKER_HOST wins over a context, as it does for the CLI."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host:
+        path = host[len("unix://"):] if host.startswith("unix://") else ""
+        return path or None
+    if os.environ.get("DOCKER_CONTEXT") or _context_configured():
+        return None
+    return "/var/run/docker.sock"
+
+
+def _context_configured() -> bool:
+    """Whether the CLI's config names a context other than the default (or cannot be read)."""
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # let the CLI read it (and complain)
+    return not isinstance(data, dict) or data.get("currentContext") not in (None, "", "default")
+
+
+def _api_image_id(sock: str, ref: str) -> str | None:
+    """``GET /images/REF/json`` over the socket (what ``docker image inspect`` asks): the id, or
+    None for 404; _NoAnswer for anything else."""
+    try:
+        status, body = _api_get(sock, f"/images/{quote(ref, safe='/:@')}/json")
+        if status == 404:
+            return None
+        if status == 200:
+            return str(json.loads(body)["Id"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass
+    raise _NoAnswer(ref)
+
+
+def _api_get(sock: str, path: str) -> tuple[int, bytes]:
+    """One HTTP/1.0 GET (no chunking, the engine closes): status and body. http.client would
+    cost more to import (~10 ms) than the request takes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(_API_TIMEOUT)
+        conn.connect(sock)
+        conn.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(1 << 16):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(None, 2)[1]), body
+
+
+_API_TIMEOUT = 30.0
+
+
+def _cli_image_id(ref: str) -> str | None:
     result = subprocess.run([docker_cli(), "image", "inspect", "--format", "{{.Id}}", ref],
                             capture_output=True, text=True, check=False)
     if result.returncode == 0:
