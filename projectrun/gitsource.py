@@ -9,9 +9,8 @@ users lock on it (``locks/worktree-<mirror key>-<name>.users``, naming the tree)
 exists until it is removed, so ``prune`` tells a running launch's tree from one a killed launch
 left behind, and never removes a mirror a launch is checking out of.
 
-Git always runs with an argument list, without terminal prompts (a bad token fails at once
-instead of hanging a sweep), in the C locale (so its stderr can be classified) and with an
-explicit protocol allow-list, so command-running transports such as ``ext::`` stay disabled.
+URL checks and running git (no terminal prompts, the C locale, a protocol allow-list) are in
+``projectrun.gitcommand``; ``is_git_url`` and the protocol lists are re-exported here.
 """
 from __future__ import annotations
 
@@ -20,48 +19,32 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from projectrun import cachedir
 from projectrun.errors import NetworkError, SourceError, UsageError
+from projectrun.gitcommand import (  # noqa: F401 - PROTOCOLS, is_git_url: re-exported as gitsource.*
+    PROTOCOLS,
+    SUBMODULE_PROTOCOLS,
+    check_url,
+    git,
+    git_error,
+    is_git_url,
+    refs,
+    rev,
+)
 from projectrun.gitinfo import strip_credentials
 from projectrun.report import Reporter
 
-#: transports git may use for the project itself; ``ext`` (runs commands) is never on it
-PROTOCOLS = ("https", "http", "ssh", "git", "file")
-#: submodules of a fetched project are untrusted input: no local-file clones (CVE-2022-39253)
-SUBMODULE_PROTOCOLS = ("https", "http", "ssh", "git")
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 META_FILE = "projectrun.json"
 #: prefix of every per-launch work tree (in the temp dir); prune deletes nothing else it finds there
 TREE_PREFIX = "projectrun-git-"
-_URL_SCHEMES = {"https", "http", "ssh", "git", "git+ssh", "ssh+git", "file"}
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
-# Git variables a user may rely on; the rest (GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE ... exported
-# when projectrun runs inside a git hook) would point git at the wrong repository.
-_KEEP_GIT_VARS = {
-    "GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT", "GIT_SSL_CAINFO",
-    "GIT_SSL_CAPATH", "GIT_SSL_NO_VERIFY", "GIT_ASKPASS", "GIT_HTTP_PROXY_AUTHMETHOD",
-    "GIT_PROXY_COMMAND", "GIT_CONFIG_COUNT", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM",
-    "GIT_CONFIG_NOSYSTEM", "GIT_CURL_VERBOSE",
-}
-# stderr fragments (lower case, C locale) -> error class; checked in this order, because ssh
-# appends "make sure ... the repository exists" to every failure, including DNS ones.
-_NETWORK = ("could not resolve host", "temporary failure in name resolution",
-            "connection refused", "couldn't connect to server", "failed to connect",
-            "network is unreachable", "no route to host", "connection timed out",
-            "operation timed out", "connection reset", "unable to connect")
-_AUTH = ("authentication failed", "could not read username", "could not read password",
-         "terminal prompts disabled", "permission denied", "returned error: 401",
-         "returned error: 403", "host key verification failed")
-_NOT_FOUND = ("repository not found", "does not appear to be a git repository",
-              "not exported", "returned error: 404", "no such repository")
 
 
 def mirrors_dir() -> Path:
@@ -76,101 +59,6 @@ def mirror_key(url: str) -> str:
 
 def mirror_path(url: str) -> Path:
     return cachedir.GIT.path(mirror_key(url))
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def is_git_url(uri: str) -> bool:
-    """True for URIs the git layer handles (https, http, ssh, git, scp-like ``user@host:path``,
-    ``file://`` of a git repository, and ``x::`` transports, which fetch() refuses with a clear
-    message); False for local paths, which run in place."""
-    base = uri.strip("'\"").partition("#")[0]
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", base):
-        return True
-    scheme = urllib.parse.urlparse(base).scheme.lower()
-    if scheme == "file":
-        parsed = urllib.parse.urlparse(base)
-        path = Path(urllib.parse.unquote(parsed.netloc + parsed.path))
-        return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
-    if scheme in ("http", "https") and base.lower().endswith(".zip"):
-        return False  # MLflow downloads and unzips these
-    if scheme in _URL_SCHEMES:
-        return True
-    scp = re.match(r"^(?:([^@/:\s]+)@)?([^@/:\s]+):(?!//)", base)
-    return bool(scp and (scp.group(1) or "." in scp.group(2)) and not os.path.exists(base))
-
-
-def _check_url(url: str) -> None:
-    transport = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)::", url)
-    if transport:
-        name = transport.group(1)
-        why = "runs arbitrary commands" if name.lower() == "ext" else "is not supported"
-        raise SourceError(f"{url}: the git transport '{name}::' {why}; use https://, ssh://, "
-                          "git@host:path, git:// or file://")
-    if url.startswith("-"):
-        raise SourceError(f"{url}: not a git URL")
-    scheme = urllib.parse.urlparse(url).scheme.lower()
-    if len(scheme) > 1 and "://" in url and scheme not in _URL_SCHEMES:
-        raise SourceError(f"{url}: unsupported URL scheme '{scheme}://'; use https://, ssh://, "
-                          "git@host:path, git:// or file://")
-
-
-# --------------------------------------------------------------------------- running git
-
-
-def _env(protocols: tuple[str, ...]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("GIT_") or k in _KEEP_GIT_VARS
-           or k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_", "GIT_TRACE"))}
-    allowed = [p for p in protocols  # a user's own allow-list can only narrow ours
-               if p in os.environ.get("GIT_ALLOW_PROTOCOL", ":".join(protocols)).split(":")]
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_ALLOW_PROTOCOL=":".join(allowed),
-               LC_ALL="C", LANGUAGE="C")
-    return env
-
-
-def _git(args: list[str], cwd: Path | None = None, *, url: str | None = None,
-         protocols: tuple[str, ...] = PROTOCOLS, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run git; on failure raise a one-line SourceError/NetworkError naming the (stripped) URL."""
-    try:
-        proc = subprocess.run(["git", *args], check=False, cwd=cwd, env=_env(protocols), text=True,
-                              stdin=subprocess.DEVNULL, capture_output=True)
-    except FileNotFoundError:
-        raise SourceError("git is not installed; install git to run projects from git URLs") from None
-    if check and proc.returncode != 0:
-        raise _git_error(proc.stderr, url, args[0])
-    return proc
-
-
-def _git_error(stderr: str, url: str | None, command: str) -> SourceError:
-    safe = strip_credentials(url) if url else "git"
-    if url:
-        stderr = stderr.replace(url, safe)
-    text = stderr.lower()
-    for pattern in _NETWORK:
-        if pattern in text:
-            return NetworkError(f"cannot reach {safe} ({pattern}); check the network and try again")
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    fatal = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
-    detail = re.sub(r"^(fatal|error): ", "", fatal)
-    if any(p in text for p in _AUTH):
-        return SourceError(f"{safe}: authentication failed ({detail}); the repository may be private "
-                           "or may not exist - check the URL and your git credentials")
-    if any(p in text for p in _NOT_FOUND):
-        return SourceError(f"{safe}: repository not found ({detail})")
-    return SourceError(f"{safe}: git {command} failed: {detail or 'no message from git'}")
-
-
-def _rev(repo: Path, name: str) -> str | None:
-    proc = _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
-                repo, check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _refs(repo: Path, prefix: str, sort: str) -> list[str]:
-    out = _git(["for-each-ref", f"--sort={sort}", "--format=%(refname:lstrip=2)", prefix], repo).stdout
-    return out.split()
 
 
 # --------------------------------------------------------------------------- mirror
@@ -197,8 +85,8 @@ def _clone(url: str, mirror: Path, report: Reporter) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{mirror.stem}-", dir=mirror.parent))
     try:
         # --template= keeps the user's hook templates out of the mirror (as pre-commit does)
-        _git(["clone", "--bare", "--quiet", "--template=", "--", url, str(tmp)], url=url)
-        _git(["remote", "set-url", "origin", strip_credentials(url)], tmp)  # no token on disk
+        git(["clone", "--bare", "--quiet", "--template=", "--", url, str(tmp)], url=url)
+        git(["remote", "set-url", "origin", strip_credentials(url)], tmp)  # no token on disk
         _write_meta(tmp, strip_credentials(url), fetched=True)
         os.rename(tmp, mirror)
     except BaseException:
@@ -209,13 +97,13 @@ def _clone(url: str, mirror: Path, report: Reporter) -> None:
 def _fix_head(url: str, mirror: Path) -> None:
     """Point the mirror's HEAD at the remote default branch again if fetch --prune removed it
     (the remote renamed master to main); fetch never updates a bare repo's HEAD itself."""
-    head = _git(["symbolic-ref", "--quiet", "HEAD"], mirror, check=False).stdout.strip()
-    if head and _rev(mirror, head):
+    head = git(["symbolic-ref", "--quiet", "HEAD"], mirror, check=False).stdout.strip()
+    if head and rev(mirror, head):
         return
-    out = _git(["ls-remote", "--symref", "--", url, "HEAD"], url=url, check=False).stdout
+    out = git(["ls-remote", "--symref", "--", url, "HEAD"], url=url, check=False).stdout
     match = re.search(r"^ref: (refs/heads/\S+)\tHEAD$", out, re.MULTILINE)
     if match:
-        _git(["symbolic-ref", "HEAD", match.group(1)], mirror, check=False)
+        git(["symbolic-ref", "HEAD", match.group(1)], mirror, check=False)
 
 
 def _refresh(url: str, mirror: Path, version: str | None, offline: bool, report: Reporter) -> bool:
@@ -228,11 +116,11 @@ def _refresh(url: str, mirror: Path, version: str | None, offline: bool, report:
         return True
     if offline:
         return False
-    if version and _FULL_SHA.fullmatch(version) and _rev(mirror, version):
+    if version and _FULL_SHA.fullmatch(version) and rev(mirror, version):
         return False  # a full commit sha already in the mirror cannot change: skip the round-trip
     report(f"fetching {safe}")
     try:
-        _git(["fetch", "--prune", "--quiet", "--", url, *REFSPECS], mirror, url=url)
+        git(["fetch", "--prune", "--quiet", "--", url, *REFSPECS], mirror, url=url)
     except NetworkError as exc:
         if _resolve(mirror, version) is None:
             missing = f"version '{version}'" if version else "default branch"
@@ -248,20 +136,20 @@ def _resolve(mirror: Path, version: str | None) -> tuple[str, str | None] | None
     """(commit, branch) for a branch, tag or (short) sha; no version means the default branch.
     A branch wins over a tag of the same name, as with ``git checkout``."""
     if version is None:
-        head = _git(["symbolic-ref", "--quiet", "HEAD"], mirror, check=False).stdout.strip()
-        sha = _rev(mirror, head) if head else None
+        head = git(["symbolic-ref", "--quiet", "HEAD"], mirror, check=False).stdout.strip()
+        sha = rev(mirror, head) if head else None
         return (sha, head.removeprefix("refs/heads/")) if sha else None
     for name, branch in ((f"refs/heads/{version}", version), (f"refs/tags/{version}", None),
                          (version, None)):
-        sha = _rev(mirror, name)
+        sha = rev(mirror, name)
         if sha:
             return sha, branch
     return None
 
 
 def _unknown_version(mirror: Path, url: str, version: str | None, offline: bool) -> SourceError:
-    branches = _refs(mirror, "refs/heads", "-committerdate")
-    tags = _refs(mirror, "refs/tags", "-creatordate")
+    branches = refs(mirror, "refs/heads", "-committerdate")
+    tags = refs(mirror, "refs/tags", "-creatordate")
 
     def few(names: list[str]) -> str:
         return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "") or "none"
@@ -329,7 +217,7 @@ def _drop_tree(mirror: Path | None, tree: Path) -> None:
     if mirror is None:
         return
     if mirror.is_dir():
-        _git(["worktree", "prune"], mirror, check=False)
+        git(["worktree", "prune"], mirror, check=False)
     lock = _tree_lock(mirror, tree)
     cachedir.release(lock)
     cachedir.discard([lock])
@@ -340,7 +228,7 @@ def _worktree(mirror: Path, sha: str) -> Path:
     in the mirror fails on a work tree that is being added ("bad object worktrees/.../HEAD")."""
     tree = _reserve_tree(mirror)
     try:
-        _git(["worktree", "add", "--detach", "--quiet", str(tree), sha], mirror)
+        git(["worktree", "add", "--detach", "--quiet", str(tree), sha], mirror)
     except BaseException:
         _drop_tree(mirror, tree)
         raise
@@ -354,13 +242,13 @@ def _submodules(mirror: Path, tree: Path, offline: bool, report: Reporter) -> No
         report("warning: --offline: submodules are not fetched")
         return
     try:
-        proc = _git(["submodule", "update", "--init", "--recursive", "--quiet"], tree,
+        proc = git(["submodule", "update", "--init", "--recursive", "--quiet"], tree,
                     protocols=SUBMODULE_PROTOCOLS, check=False)
     except BaseException:
         _drop_tree(mirror, tree)
         raise
     if proc.returncode != 0:
-        report(f"warning: submodules not fetched: {_git_error(proc.stderr, None, 'submodule')}")
+        report(f"warning: submodules not fetched: {git_error(proc.stderr, None, 'submodule')}")
 
 
 def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = False,
@@ -373,7 +261,7 @@ def fetch(url: str, version: str | None, subdir: str = "", *, offline: bool = Fa
     """
     url = url.strip()
     version = version or None
-    _check_url(url)
+    check_url(url)
     if version is not None and version.startswith("-"):
         raise SourceError(f"{url}: invalid version '{version}'")
     safe = strip_credentials(url)
@@ -471,7 +359,7 @@ def prune_worktrees(older_than: float, now: float, dry_run: bool = False) -> lis
             shutil.rmtree(entry["path"], ignore_errors=True)
         for mirror in {cachedir.GIT.path(e["key"]) for e in dead}:
             if mirror.is_dir():
-                _git(["worktree", "prune"], mirror, check=False)
+                git(["worktree", "prune"], mirror, check=False)
     return dead
 
 
