@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,6 +19,7 @@ from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
 from projectrun.errors import SpecError
+from projectrun.yamlhints import syntax_message, value_message
 
 PathKey = tuple[Any, ...]
 
@@ -278,82 +278,15 @@ def _parse(path: Path, text: str, fast: bool = False) -> tuple[Any, dict[PathKey
     except _Refused as exc:
         raise SpecError([f"{path}:{exc.line}: {exc}"]) from None
     except yaml.MarkedYAMLError as exc:
-        raise SpecError([_syntax_message(path, text, exc)]) from None
+        raise SpecError([syntax_message(path, text, exc)]) from None
     except yaml.YAMLError as exc:
         raise SpecError([f"{path}:1: invalid YAML: {' '.join(str(exc).split())}"]) from None
     except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
         # SafeConstructor's converters fail this way on values such as 2001-02-30 or !!int x
-        raise SpecError([_value_message(path, loader and loader.current, exc)]) from None
+        raise SpecError([value_message(path, loader and loader.current, exc)]) from None
     finally:
         if loader is not None:
             loader.dispose()
-
-
-def _value_message(path: Path, node: yaml.Node | None, exc: Exception) -> str:
-    line = node.start_mark.line + 1 if node is not None else 1
-    value = f" '{node.value[:40]}'" if node is not None and isinstance(node.value, str) else ""
-    return f"{path}:{line}: invalid YAML value{value}: {' '.join(str(exc).split())}"
-
-
-def _syntax_message(path: Path, text: str, exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    line = mark.line + 1 if mark else 1
-    problem = exc.problem or exc.context or "invalid YAML"
-    start = exc.context_mark.line + 1 if exc.context_mark else line
-    if isinstance(exc, yaml.composer.ComposerError) and exc.context and exc.context_mark:
-        problem = f"{exc.context} (line {start}), {problem}"  # duplicate anchor, two documents
-    line, hint = _yaml_hint(text.splitlines(), start, line, problem, exc.context or "")
-    return f"{path}:{line}: invalid YAML: {problem}{hint}"
-
-
-_NO_SPACE_AFTER_COLON = re.compile(r"^\s*(?:- )?([A-Za-z_][\w.-]*):(?=[^\s/:])")
-
-
-def _yaml_hint(lines: list[str], start: int, line: int, problem: str,
-               context: str) -> tuple[int, str]:
-    """The likely cause of a PyYAML error, as (line, '; hint'), for the mistakes seen in real
-    MLproject files; PyYAML often points a line or more after the real culprit."""
-    if "quoted scalar" in context and "end of stream" in problem:
-        return start, "; the quote opened on this line is never closed"
-    text = lines[line - 1] if 0 < line <= len(lines) else ""
-    if "{%" in text or "{{" in text or "'%'" in problem:
-        return line, "; this looks like a Jinja/cookiecutter template: render it first"
-    if '"""' in text or "'''" in text:
-        return line, "; YAML has no triple quotes: write a block instead, 'command: |' or '>'"
-    continued = "mapping values are not allowed" in problem
-    if continued:  # PyYAML read the lines above as one plain value that this ': ' cannot end
-        start = min(start, _plain_value_start(lines, line))
-    for n in range(max(start, 1), min(line, len(lines)) + 1):
-        body = lines[n - 1].split(" #", 1)[0]
-        if not body.lstrip().startswith("#") and (m := _NO_SPACE_AFTER_COLON.match(body)):
-            return n, f"; put a space after '{m.group(1)}:'"
-    if continued:
-        before = next((lines[n].strip() for n in range(start - 2, -1, -1) if lines[n].strip()), "")
-        if start < line and before.startswith("#"):
-            return start, ("; this line follows a comment: if it continues the comment, start "
-                           "it with '#'")
-        return line, "; a plain value may not contain ': ', so quote the whole value"
-    previous = next((lines[n].strip() for n in range(line - 2, -1, -1) if lines[n].strip()), "")
-    if previous.startswith("#") and not text.lstrip().startswith("#"):
-        return line, "; this line follows a comment: if it continues the comment, start it with '#'"
-    if "\t" in problem or "\t" in text:
-        return line, "; indent with spaces, not tabs"
-    return line, ""
-
-
-def _plain_value_start(lines: list[str], line: int) -> int:
-    """The first line of the multi-line plain value that ends at ``line``: the lines just above
-    it that are neither blank, comments, list items nor keys (``key: x`` or ``key:``).
-    ``name:demo`` followed by ``entry_points:`` is one value to YAML, so PyYAML reports the
-    second line; the typo is on the first."""
-    first = line
-    for n in range(min(line, len(lines) + 1) - 1, 0, -1):
-        body = lines[n - 1].split(" #", 1)[0].strip()
-        if (not body or body.startswith(("#", "- ")) or body == "-" or ": " in body
-                or body.endswith(":")):
-            break
-        first = n
-    return first
 
 
 def _schema_dir() -> Path:
