@@ -137,7 +137,10 @@ def _one_value(param: Parameter, given: dict[str, str]) -> tuple[str, str, str |
     if param.name in given:
         value = given[param.name]
         source = f"-P {param.name}={value}"
-        problem = type_problem(param, value)
+        # The MLproject's own default, given explicitly (`type: int, default: None` is common in
+        # real projects): MLflow takes it, so it is checked only as the default itself would be.
+        as_default = param.default is not None and value == str(param.default)
+        problem = type_problem(param, value) if not as_default or param.type == "uri" else None
     else:
         value = str(param.default)
         source = f"default {param.name}={value}"

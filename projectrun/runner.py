@@ -152,6 +152,7 @@ def plan(request: LaunchRequest, report: Reporter = quiet,
         resolved = params.resolve(entry_point, request.parameters, Path.cwd(), project.directory,
                                   source.root)
         launch_mod.grace_seconds()  # a bad PROJECTRUN_KILL_GRACE: one usage line, nothing recorded
+        _check_storage_dir(request.storage_dir)
         command = params.render_command(entry_point, resolved)
         manager = envs.select_manager(project, request.env_manager)
         envs.get_kind(manager).validate(project)  # env file problems: before any run exists
@@ -161,6 +162,12 @@ def plan(request: LaunchRequest, report: Reporter = quiet,
         raise
     return Plan(request, source, project, entry_point, resolved, command, manager,
                 tracking.absolute_tracking_uri(settings.current().tracking_uri))
+
+
+def _check_storage_dir(storage_dir: str | None) -> None:
+    if storage_dir and os.path.exists(storage_dir) and not os.path.isdir(storage_dir):
+        raise UsageError(f"--storage-dir {storage_dir}: not a directory; give a folder for the "
+                         f"downloads of remote path params (it is created if missing)")
 
 
 def _check_script(script: str, directory: Path) -> None:
@@ -305,6 +312,8 @@ class _Attempt:
     unsent: recording.Unsent = field(default_factory=recording.Unsent)
     logging_done: Callable[[], None] | None = None
     silent: bool = False
+    #: the temp dir made in ``--storage-dir`` for downloads; removed when the run ends
+    scratch: Path | None = None
 
     @classmethod
     def start(cls, the_plan: Plan, tracker: tracking.Tracker, experiment_id: str,
@@ -353,7 +362,10 @@ class _Attempt:
     def run(self, prepared: envs.Environment, cancel: threading.Event | None,
             timeout: float | None) -> None:
         request = self.plan.request
-        storage = Path(tempfile.mkdtemp(dir=request.storage_dir)) if request.storage_dir else self.log_dir
+        storage = self.log_dir
+        if request.storage_dir:  # the user's folder: the downloads go in a temp dir inside it
+            Path(request.storage_dir).mkdir(parents=True, exist_ok=True)
+            storage = self.scratch = Path(tempfile.mkdtemp(prefix="projectrun-", dir=request.storage_dir))
         env = _child_env(self.run_id, self.experiment_id, self.plan.tracking_uri)
         invocation = prepared.invocation(_final_command(self.plan, storage / "params"), env,
                                          self.plan.source.directory)
@@ -398,6 +410,8 @@ class _Attempt:
             self.plan.request.echo, self.unsent)
         if not self.keep_log and (uploaded or not self.run_id):
             shutil.rmtree(self.log_dir, ignore_errors=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def result(self) -> RunResult:
         return RunResult(self.run_id, self.experiment_id, self.status, self.outcome.returncode,

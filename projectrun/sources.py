@@ -92,6 +92,34 @@ def resolve_git(uri: str, version: str | None, *, offline: bool, report: Reporte
                   kind="git", cleanup=co.cleanup, root=co.worktree)
 
 
+def _mirrored_file_url(base: str) -> bool:
+    """A ``file://`` repository that is gone but was cloned before: its mirror serves it, as it
+    serves any unreachable remote (the git layer warns and runs the cached version)."""
+    if not base.startswith("file:"):
+        return False
+    from projectrun import gitsource
+
+    return gitsource.mirror_path(base).is_dir()
+
+
+def _local_directory(uri: str, path: Path, version: str | None, is_git: bool, offline: bool,
+                     report: Reporter) -> Source | None:
+    """An existing directory: in place, or (with ``-v``) its repository's version in a work tree;
+    None when it is a bare repository to clone like any git URL."""
+    base, sub = split_fragment(uri)
+    top = gitinfo.toplevel(path.resolve())  # None for plain directories and bare repositories
+    if version is None and (top is not None or not is_git):
+        return resolve_local(uri)  # run in place, as MLflow does
+    if version is not None and top is not None:
+        rel = path.resolve().relative_to(top).as_posix()
+        inner = "/".join(p for p in (rel if rel != "." else "", sub.strip("/")) if p)
+        return resolve_git(f"{top.as_uri()}#{inner}" if inner else top.as_uri(), version,
+                           offline=offline, report=report)
+    if version is not None and not is_git:
+        raise SourceError(f"-v {version}: {base} is not a git repository; a version needs git")
+    return None
+
+
 def resolve(uri: str, version: str | None = None, *, offline: bool = False,
             report: Reporter = quiet) -> Source:
     """Local directories run in place; git URLs run from a cached mirror in a fresh work tree.
@@ -99,7 +127,7 @@ def resolve(uri: str, version: str | None = None, *, offline: bool = False,
     A local git repository with ``-v`` is checked out into its own work tree too: MLflow checks
     the version out in the user's working copy instead, changing their files.
     """
-    base, sub = split_fragment(uri)
+    base, _ = split_fragment(uri)
     path = local_path(base)
     if path is not None and version is None and not base.startswith("file:") and path.is_dir():
         return resolve_local(uri)  # the everyday case, decided without loading the git layer
@@ -107,17 +135,10 @@ def resolve(uri: str, version: str | None = None, *, offline: bool = False,
 
     is_git = gitsource.is_git_url(base)
     if path is not None and path.is_dir():
-        top = gitinfo.toplevel(path.resolve())  # None for plain directories and bare repositories
-        if version is None and (top is not None or not is_git):
-            return resolve_local(uri)  # run in place, as MLflow does
-        if version is not None and top is not None:
-            rel = path.resolve().relative_to(top).as_posix()
-            inner = "/".join(p for p in (rel if rel != "." else "", sub.strip("/")) if p)
-            return resolve_git(f"{top.as_uri()}#{inner}" if inner else top.as_uri(), version,
-                               offline=offline, report=report)
-        if version is not None and not is_git:
-            raise SourceError(f"-v {version}: {base} is not a git repository; a version needs git")
-    if is_git:
+        found = _local_directory(uri, path, version, is_git, offline, report)
+        if found is not None:
+            return found
+    if is_git or (path is None and _mirrored_file_url(base)):
         return resolve_git(uri, version, offline=offline, report=report)
     if path is not None:
         return resolve_local(uri)

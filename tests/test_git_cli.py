@@ -86,3 +86,25 @@ def test_ext_transport_refused(cli: CliRunner, workdir: Path) -> None:
     res = cli("ext::sh -c touch% /tmp/pwned", env={"PROJECTRUN_HOME": str(workdir / "home")})
     assert res.returncode == 2
     assert "projectrun: error:" in res.stderr and not Path("/tmp/pwned").exists()
+
+
+def test_a_file_remote_that_is_gone_is_served_from_the_mirror(cli: CliRunner, workdir: Path,
+                                                               tmp_path: Path) -> None:
+    """Before, a vanished ``file://`` repository read as "no such directory, and not a git URL"
+    though its mirror was cached; it is unreachable like a host that is down."""
+    from gitrepos import make_origin
+
+    origin = make_origin(tmp_path / "moving")
+    url = f"{origin.file_url}#sub/proj"
+    home = {"PROJECTRUN_HOME": str(workdir / "home")}
+    assert cli(url, "-v", "v1.1", env=home).returncode == 0
+    origin.bare.rename(origin.bare.with_name("moved.git"))
+    again = cli(url, "-v", "v1.1", env=home)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "1.1" and "using the cached copy" in again.stderr
+    default = cli(url, env=home)  # no -v: the mirror's default branch
+    assert default.returncode == 0 and default.stdout.strip() == "main", default.stderr
+    missing = cli(url, "-v", "nope", env=home)
+    errors = [ln for ln in missing.stderr.splitlines() if ln.startswith("projectrun: error:")]
+    assert missing.returncode == 1 and len(errors) == 1, missing.stderr
+    assert "cannot reach" in errors[0] and "no version 'nope'" in errors[0]

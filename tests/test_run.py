@@ -209,3 +209,40 @@ def test_run_id_continues_an_existing_run(cli: CliRunner, workdir: Path) -> None
     run = client.get_run(existing)
     assert run.info.status == "FINISHED" and run.data.metrics["value"] == 9.0
     assert len(client.search_runs([exp])) == 1
+
+
+def test_explicit_value_equal_to_the_declared_default_is_taken(cli: CliRunner, workdir: Path,
+                                                                tmp_path: Path) -> None:
+    """``type: int, default: None`` is common in real projects; MLflow takes ``-P n=None``."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "MLproject").write_text(
+        "name: p\nentry_points:\n  main:\n    parameters:\n      n: {type: int, default: None}\n"
+        "    command: python -c 'import sys; print(sys.argv[1])' {n}\n")
+    res = cli(str(project), "-P", "n=None")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "None"
+    assert only_run(sqlite_uri(workdir), "Default").data.params == {"n": "None"}
+    other = cli(str(project), "-P", "n=none")  # not the default: checked as an int
+    assert other.returncode == 2 and "'n' is an int parameter" in other.stderr
+
+
+def test_downloads_to_storage_dir_and_no_temp_dir_is_left(cli: CliRunner, workdir: Path,
+                                                          tmp_path: Path) -> None:
+    """A remote ``path`` param is downloaded into --storage-dir; before, the temp dir made there
+    for it stayed after the run."""
+    client = client_for(sqlite_uri(workdir))
+    source_run = client.create_run("0").info.run_id
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b\n1,2\n")
+    client.log_artifact(source_run, str(data))
+    client.set_terminated(source_run)
+    storage, tmp = tmp_path / "storage", tmp_path / "tmp"
+    tmp.mkdir()
+    res = cli(str(FIXTURES / "params"), "-P", "name=x", "-P", f"data=runs:/{source_run}/rows.csv",
+              "--storage-dir", str(storage), env={"TMPDIR": str(tmp)})
+    assert res.returncode == 0, res.stderr
+    argv = res.stdout.splitlines()
+    downloaded = Path(argv[argv.index("--data") + 1])
+    assert storage in downloaded.parents and downloaded.name == "rows.csv"
+    assert list(storage.iterdir()) == [] and list(tmp.iterdir()) == []  # all removed
