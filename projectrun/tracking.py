@@ -52,6 +52,10 @@ _LOCKED = ("database is locked", "database table is locked")
 #: store URIs MLflow takes as names, without a scheme (``databricks`` is the workspace of the
 #: default Databricks CLI profile); they are not paths
 NAMED_STORES = ("databricks", "databricks-uc", "uc")
+#: what MLflow's default stores leave in a project directory run from its own folder: run
+#: records, not code; never copied into an image or shipped to a cluster (each launch changes
+#: them, so they would make every launch a new build)
+RUN_RECORDS = ("mlruns", "mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm")
 LOG_ARTIFACT_DIR = "projectrun"
 LOG_FILE_NAME = "output.log"
 

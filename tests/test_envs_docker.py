@@ -117,6 +117,26 @@ def test_cached_launch_builds_nothing_and_a_code_change_rebuilds_one_layer(
     assert forced.returncode == 0 and "building docker image" in forced.stderr
 
 
+def test_launches_from_the_project_folder_reuse_the_image(
+        cli: CliRunner, tmp_path: Path, docker_image: str, denv: dict[str, str]) -> None:
+    """The quick start's way: `projectrun .` in the project, so the default store (mlflow.db,
+    mlruns/) lands in the build context. Before, every launch changed it and built a new image;
+    a store named by MLFLOW_TRACKING_URI inside the project is left out the same way."""
+    proj = docker_project(tmp_path / "proj", docker_image)
+    (proj / "pkg" / "__pycache__").mkdir(parents=True)
+    (proj / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"stale")
+    launches = [cli(".", cwd=proj, env=denv) for _ in range(3)]
+    assert all(r.returncode == 0 for r in launches), launches[-1].stderr
+    assert [("building docker image" in r.stderr) for r in launches] == [True, False, False]
+    assert (proj / "mlflow.db").is_file()
+    assert shown(launches[-1].stdout)["files"] == ["MLproject", "show.py"]  # no pkg/__pycache__ either
+    store = {**denv, "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'records' / 'runs.db'}"}
+    (proj / "records").mkdir()
+    own = [cli(".", cwd=proj, env=store) for _ in range(2)]
+    assert all(r.returncode == 0 for r in own), own[-1].stderr
+    assert ["building docker image" in r.stderr for r in own] == [False, False]
+
+
 def test_dockerfile_extension_builds_the_base_once(
         cli: CliRunner, tmp_path: Path, docker_image: str, denv: dict[str, str]) -> None:
     proj = docker_project(tmp_path / "proj", docker_image, dockerfile="docker/Dockerfile",

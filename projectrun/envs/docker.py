@@ -104,7 +104,7 @@ class DockerKind:
         spec = project.docker_env
         check_environment(spec, project)
         base, base_id = base_image(project, spec, ctx)
-        files = context_files(project.directory)
+        files = context_files(project.directory, _store_records(ctx.tracking_uri, project.directory))
         inputs = {"kind": NAME, "base_id": base_id, "files": fingerprint(files), "workdir": CODE_DIR}
         key = cache.make_key(inputs)
         tag = f"projectrun/{_repo_name(project)}:{key}"
@@ -316,6 +316,24 @@ def _local_store_dir(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return str(Path(uri[len("sqlite:///"):]).parent)
     return _local_path(uri)
+
+
+def _store_records(uri: str | None, context: Path) -> list[str]:
+    """The launch's local store, as .dockerignore lines, when it lies inside the build context:
+    it changes with every run, and the container sees it through a mount anyway."""
+    if not uri:
+        return []
+    store = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else _local_path(uri)
+    if not store:
+        return []
+    try:
+        rel = Path(store).resolve().relative_to(context.resolve()).as_posix()
+    except ValueError:
+        return []
+    if rel == ".":
+        return []
+    suffixes = ("", "-journal", "-wal", "-shm") if uri.startswith("sqlite:") else ("",)
+    return [rel + s for s in suffixes]
 
 
 def _needs_host_network(uri: str, args: Mapping[str, Any]) -> bool:

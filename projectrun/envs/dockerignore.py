@@ -2,8 +2,9 @@
 
 Docker's rules (moby's patternmatcher): patterns are cleaned paths relative to the context, ``*``
 and ``?`` stop at ``/``, ``**`` spans directories, ``!`` re-includes, the last matching line wins,
-and a pattern that matches a directory matches everything under it. ``.git`` is left out unless
-a ``!`` line asks for it. Written here rather than imported from the docker SDK, whose import
+and a pattern that matches a directory matches everything under it. ``.git``, ``__pycache__``
+and the default stores' run records (``mlruns``, ``mlflow.db``) are left out unless a ``!`` line
+asks for them. Written here rather than imported from the docker SDK, whose import
 costs 0.2 s on every cached launch.
 """
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Iterable
 from pathlib import Path
+
+from projectrun.tracking import RUN_RECORDS
 
 IGNORE_FILE = ".dockerignore"
 
@@ -41,14 +45,20 @@ def _translate(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def rules(context: Path) -> list[tuple[re.Pattern[str], bool]]:
-    """(regex, include?) per line of the context's .dockerignore, after the implicit ``.git``."""
-    lines = [".git"]
+#: left out unless a ``!`` line of the .dockerignore asks for them: version control, bytecode of
+#: the host's Python, and the run records of MLflow's default stores
+IMPLICIT = (".git", "**/__pycache__", *RUN_RECORDS)
+
+
+def rules(context: Path, extra: Iterable[str] = ()) -> list[tuple[re.Pattern[str], bool]]:
+    """(regex, include?) per line of the context's .dockerignore, after the implicit ones and
+    the literal paths ``extra`` (the launch's own local store, when it is inside the context)."""
+    lines = list(IMPLICIT)
     try:
         lines += (context / IGNORE_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         pass
-    out = []
+    out = [(re.compile(re.escape(rel)), False) for rel in extra]
     for raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -70,9 +80,9 @@ def ignored(rel: str, compiled: list[tuple[re.Pattern[str], bool]]) -> bool:
     return result
 
 
-def context_files(context: Path) -> list[tuple[str, Path]]:
+def context_files(context: Path, extra: Iterable[str] = ()) -> list[tuple[str, Path]]:
     """Sorted ``(relative posix path, path)`` of every regular file and symlink that is kept."""
-    compiled = rules(context)
+    compiled = rules(context, extra)
     can_prune = not any(negate for _, negate in compiled)
     found = []
     for root, dirs, files in os.walk(context):

@@ -38,7 +38,7 @@ from projectrun.sweepplan import Backend
 TAG_NODE_ID = "projectrun.ray.node_id"
 TAG_NODE_IP = "projectrun.ray.node_ip"
 #: never shipped with a local project: tracking stores and version control
-EXCLUDES = [".git", "mlruns", "mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "__pycache__"]
+EXCLUDES = [".git", *tracking.RUN_RECORDS, "__pycache__"]
 
 
 def local_store_problem(tracking_uri: str, hostnames: Iterable[str], here: str) -> str | None:
