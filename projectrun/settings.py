@@ -27,10 +27,14 @@ TRACKING_RETRY = "PROJECTRUN_TRACKING_RETRY"
 TRACKING_PATH = "PROJECTRUN_TRACKING"
 INSTALLER = "PROJECTRUN_INSTALLER"
 PYTHON_DOWNLOADS = "PROJECTRUN_PYTHON_DOWNLOADS"
+#: MLflow's own variable for its REST client; honoured by projectrun's REST path too
+HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 INSTALLERS = ("uv", "pip")
 DEFAULT_KILL_GRACE = 10.0
 DEFAULT_TRACKING_RETRY = 60.0
-_NAMES = (HOME, KILL_GRACE, TRACKING_RETRY, TRACKING_PATH, INSTALLER, PYTHON_DOWNLOADS,
+#: shorter than MLflow's 120 s: a stalled server is retried (and finally spooled) sooner
+DEFAULT_HTTP_TIMEOUT = 30.0
+_NAMES = (HOME, KILL_GRACE, TRACKING_RETRY, TRACKING_PATH, INSTALLER, PYTHON_DOWNLOADS, HTTP_TIMEOUT,
           "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 
 
@@ -49,6 +53,14 @@ def _seconds(env: Mapping[str, str], name: str, default: float, hint: str, *,
     return value
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _seconds(env, name, default, "give the request timeout in seconds, e.g. 30")
+    if value == 0:
+        raise UsageError(f"{name}=0: give the request timeout in seconds, e.g. 30 (0 would fail "
+                         f"every request)")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What the environment asks of this process; see README, "Environment variables"."""
@@ -63,6 +75,8 @@ class Settings:
     kill_grace: float = DEFAULT_KILL_GRACE
     #: seconds to keep retrying writes while the store is unreachable or locked
     tracking_retry: float = DEFAULT_TRACKING_RETRY
+    #: seconds one request to a tracking server may take before it counts as unreachable
+    http_timeout: float = DEFAULT_HTTP_TIMEOUT
     #: ``PROJECTRUN_TRACKING=client``: always go through MLflow's client (no fast store)
     client_only: bool = False
     #: ``PROJECTRUN_INSTALLER``: uv or pip; None picks uv when it is there
@@ -88,6 +102,7 @@ class Settings:
             tracking_retry=_seconds(env, TRACKING_RETRY, DEFAULT_TRACKING_RETRY,
                                     "give a number of seconds (e.g. 60, or 0 for no retries)",
                                     forever=True),
+            http_timeout=_positive(env, HTTP_TIMEOUT, DEFAULT_HTTP_TIMEOUT),
             client_only=env.get(TRACKING_PATH, "").lower() == "client",
             installer=installer,
             python_downloads=env.get(PYTHON_DOWNLOADS) == "1",

@@ -239,7 +239,8 @@ class Tracker:
         import urllib.request
 
         try:
-            urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=10).close()
+            urllib.request.urlopen(f"{self.uri.rstrip('/')}/health",
+                                   timeout=min(10.0, settings.current().http_timeout)).close()
         except urllib.error.HTTPError:
             pass  # it answered: reachable (a proxy may not serve /health)
         except (urllib.error.URLError, OSError) as exc:

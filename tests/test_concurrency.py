@@ -47,22 +47,39 @@ def runs(workdir: Path) -> list:  # type: ignore[type-arg]
     return client_for(f"sqlite:///{workdir / 'mlflow.db'}").search_runs(["0"], max_results=1000)
 
 
-def test_sixteen_parallel_launches_record_every_run_and_build_once(workdir: Path,
-                                                                   tmp_path: Path) -> None:
+def sweep(project: Path, workdir: Path, home: Path, name: str) -> subprocess.Popen[str]:
+    """A sweep of 4 trials (-j 2) of ``project``, into the Default experiment like the launches."""
+    file = workdir / f"{name}.yaml"
+    file.write_text(f"project: {project}\nexperiment: Default\nname: {name}\n"
+                    f"parameters:\n  word: [{name}-0, {name}-1, {name}-2, {name}-3]\nparallel: 2\n")
+    return subprocess.Popen([sys.executable, "-m", "projectrun", "sweep", str(file)], cwd=workdir,
+                            env=child_env({"PROJECTRUN_HOME": str(home)}), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sixteen_launches_and_two_sweeps_at_once_record_every_run_and_build_once(
+        workdir: Path, tmp_path: Path) -> None:
     project = six_project(tmp_path / "p", "python -c 'import six, sys; print(six.__version__, "
                                           "sys.argv[1])' {word}")
     home = tmp_path / "home"
     procs = [launch(project, workdir, home, f"word=w{i}") for i in range(PARALLEL)]
+    sweeps = [sweep(project, workdir, home, f"s{n}") for n in range(2)]
     results = [(p.wait(timeout=900), *p.communicate()) for p in procs]
+    swept = [(p.wait(timeout=900), *p.communicate()) for p in sweeps]
     assert [code for code, _, _ in results] == [0] * PARALLEL, [e[-2000:] for _, _, e in results if e]
+    assert [code for code, _, _ in swept] == [0, 0], [e[-2000:] for _, _, e in swept]
     assert sorted(out.split()[1] for _, out, _ in results) == sorted(f"w{i}" for i in range(PARALLEL))
     assert all(out.split()[0] == "1.17.0" for _, out, _ in results)
-    assert sum("building python env" in err for _, _, err in results) == 1
+    assert sum("building python env" in err for _, _, err in results + swept) == 1
     recorded = runs(workdir)
-    assert len(recorded) == PARALLEL
+    parents = [r for r in recorded if "mlflow.parentRunId" not in r.data.tags and "word" not in r.data.params]
+    trials = [r for r in recorded if "mlflow.parentRunId" in r.data.tags]
+    assert len(recorded) == PARALLEL + 2 + 8 and len(parents) == 2 and len(trials) == 8
     assert all(r.info.status == "FINISHED" for r in recorded)
-    assert sorted(r.data.params["word"] for r in recorded) == sorted(f"w{i}" for i in range(PARALLEL))
-    assert len({r.data.tags["projectrun.env.key"] for r in recorded}) == 1
+    words = sorted(r.data.params["word"] for r in recorded if "word" in r.data.params)
+    assert words == sorted([f"w{i}" for i in range(PARALLEL)] + [f"s{n}-{i}" for n in range(2) for i in range(4)])
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {p.info.run_id for p in parents}
+    assert len({r.data.tags["projectrun.env.key"] for r in recorded if "word" in r.data.params}) == 1
     listed = subprocess.run([sys.executable, "-m", "projectrun", "envs", "list", "--json"],
                             env=child_env({"PROJECTRUN_HOME": str(home)}), capture_output=True,
                             text=True, timeout=60, check=True)

@@ -14,16 +14,18 @@ def test_defaults_when_nothing_is_set() -> None:
     got = Settings.from_env({})
     assert got == Settings()
     assert (got.kill_grace, got.tracking_retry, got.installer, got.home) == (10.0, 60.0, None, None)
+    assert got.http_timeout == 30.0
 
 
 def test_values_are_parsed() -> None:
     got = Settings.from_env({"PROJECTRUN_HOME": "~/pr", "PROJECTRUN_KILL_GRACE": " 2.5 ",
                              "PROJECTRUN_TRACKING_RETRY": "0", "PROJECTRUN_INSTALLER": "PIP",
                              "PROJECTRUN_TRACKING": "Client", "PROJECTRUN_PYTHON_DOWNLOADS": "1",
-                             "MLFLOW_TRACKING_URI": "http://h:5000", "MLFLOW_EXPERIMENT_NAME": "e"})
+                             "MLFLOW_TRACKING_URI": "http://h:5000", "MLFLOW_EXPERIMENT_NAME": "e",
+                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"})
     assert got.home == Path("~/pr").expanduser()
     assert (got.kill_grace, got.tracking_retry, got.installer) == (2.5, 0.0, "pip")
-    assert got.client_only and got.python_downloads
+    assert got.client_only and got.python_downloads and got.http_timeout == 120.0
     assert (got.tracking_uri, got.experiment_name, got.experiment_id) == ("http://h:5000", "e", None)
 
 
@@ -34,6 +36,8 @@ def test_values_are_parsed() -> None:
     ("PROJECTRUN_TRACKING_RETRY", "nan", "give a number of seconds"),
     ("PROJECTRUN_TRACKING_RETRY", "-inf", "give a number of seconds"),
     ("PROJECTRUN_INSTALLER", "conda", "must be one of uv, pip"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "0", "give the request timeout in seconds"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "slow", "give the request timeout in seconds"),
 ])
 def test_a_bad_value_is_one_usage_line_naming_the_variable(name: str, value: str, fragment: str) -> None:
     with pytest.raises(UsageError) as info:

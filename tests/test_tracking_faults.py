@@ -49,6 +49,11 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP the server's processes: connections are accepted, nothing is answered."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
@@ -67,11 +72,15 @@ def project(tmp_path: Path, command: str) -> Path:
     return proj
 
 
-def test_server_gone_mid_run_is_spooled_then_replayed(
-        cli: CliRunner, workdir: Path, tmp_path: Path, server: Server) -> None:
+@pytest.mark.parametrize("fault", ["gone", "stalled"])
+def test_server_gone_or_stalled_mid_run_is_spooled_then_replayed(
+        cli: CliRunner, workdir: Path, tmp_path: Path, server: Server, fault: str) -> None:
+    """"stalled": the server accepts connections and never answers; before, each request
+    waited 30 s whatever MLFLOW_HTTP_REQUEST_TIMEOUT said."""
     proj = project(tmp_path, "echo started; touch started; sleep 4; echo done-{n}")
     env = child_env({"PROJECTRUN_HOME": os.environ["PROJECTRUN_HOME"], "MLFLOW_TRACKING_URI": server.url,
-                     "MLFLOW_EXPERIMENT_NAME": "faults", "PROJECTRUN_TRACKING_RETRY": "2"})
+                     "MLFLOW_EXPERIMENT_NAME": "faults", "PROJECTRUN_TRACKING_RETRY": "2",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
     proc = subprocess.Popen([sys.executable, "-m", "projectrun", str(proj), "-P", "n=7",
                              "--env-manager", "local"], cwd=workdir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,8 +89,8 @@ def test_server_gone_mid_run_is_spooled_then_replayed(
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     time.sleep(0.5)  # params are logged in the background as the entry point starts
-    server.stop()
-    out, err = proc.communicate(timeout=120)
+    server.freeze() if fault == "stalled" else server.stop()
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err  # the entry point succeeded; its record is kept, not lost
     assert "done-7" in out and "Traceback" not in err
     assert "kept in" in err and "the next projectrun command that reaches the store" in err
@@ -89,7 +98,7 @@ def test_server_gone_mid_run_is_spooled_then_replayed(
     assert len(spooled) == 1
     run_id = json.loads(spooled[0].read_text())["run_id"]
 
-    server.start()
+    server.freeze(False) if fault == "stalled" else server.start()
     res = cli("runs", "reconcile", "--experiment-name", "faults",
               env={"MLFLOW_TRACKING_URI": server.url})
     assert res.returncode == 0, res.stderr

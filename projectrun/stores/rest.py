@@ -25,17 +25,21 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from projectrun import settings
 from projectrun.stores import AlreadyExists, Experiment, Store, Unsupported, restconfig
 
 API = "/api/2.0/mlflow/"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
-TIMEOUT = 30.0
 BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH: the server refuses bigger batches
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 BACKOFF = (0.5, 1.5)  # sleeps between the three attempts; Retry-After is capped so all stay < 5 s
 RETRY_AFTER_CAP = 2.0
 MULTIPART_MIN = 500 * 1024**2  # MLflow's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE default
 
+
+
+def _timeout() -> float:
+    return settings.current().http_timeout
 
 class RestError(Exception):
     """The server refused a call; str() is one line, ``ERROR_CODE: message`` as MLflow reports it."""
@@ -109,9 +113,9 @@ class RestStore(Store):
                     self._unsupported = f"a proxy from the environment applies to {netloc}"
                 raise Unsupported(f"a proxy from the environment applies to {netloc}")
             if self.scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=self._ssl)
+                conn = http.client.HTTPSConnection(netloc, timeout=_timeout(), context=self._ssl)
             else:
-                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
+                conn = http.client.HTTPConnection(netloc, timeout=_timeout())
             conns[netloc] = conn
         elif _stale(conn):
             conn.close()
@@ -138,7 +142,8 @@ class RestStore(Store):
                 raise Unsupported(self._unsupported) from None
             except TimeoutError:
                 conn.close()
-                raise RestConnectionError(f"{where} did not answer within {TIMEOUT:.0f} s") from None
+                raise RestConnectionError(f"{where} did not answer within {_timeout():g} s "
+                                          f"({settings.HTTP_TIMEOUT})") from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 if reused and not reset_retried and isinstance(
