@@ -238,14 +238,19 @@ def test_sweep_builds_the_image_once_and_envs_lists_it(
         assert not client.images.list(name=f"projectrun/docker-demo:{entry['key']}")
 
 
-def test_image_queries_use_the_engine_socket_not_the_cli(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_image: str,
-        denv: dict[str, str]) -> None:
-    from projectrun.envs import docker as denvmod
+@pytest.fixture
+def denvmod(monkeypatch: pytest.MonkeyPatch, denv: dict[str, str]) -> Any:
+    """projectrun.envs.docker, in a process whose DOCKER_HOST is the test engine's unix socket."""
+    from projectrun.envs import docker
 
     if not denv["DOCKER_HOST"].startswith("unix://"):
         pytest.skip("the engine is not on a unix socket")
     monkeypatch.setenv("DOCKER_HOST", denv["DOCKER_HOST"])
+    return docker
+
+
+def test_image_queries_use_the_engine_socket_not_the_cli(
+        monkeypatch: pytest.MonkeyPatch, docker_image: str, denvmod: Any) -> None:
     via_cli = denvmod._cli_image_id(docker_image)
     assert via_cli and via_cli.startswith("sha256:")
 
@@ -288,13 +293,7 @@ def test_the_socket_is_used_only_where_the_cli_would_use_it(
 
 
 def test_a_socket_that_does_not_answer_falls_back_to_the_cli(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_image: str,
-        denv: dict[str, str]) -> None:
-    from projectrun.envs import docker as denvmod
-
-    if not denv["DOCKER_HOST"].startswith("unix://"):
-        pytest.skip("the engine is not on a unix socket")
-    monkeypatch.setenv("DOCKER_HOST", denv["DOCKER_HOST"])
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_image: str, denvmod: Any) -> None:
     expected = denvmod._cli_image_id(docker_image)
     path = str(tmp_path / "mute.sock")
     with socket.socket(socket.AF_UNIX) as mute:  # answers garbage, then closes

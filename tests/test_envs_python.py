@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import slowpkg
 
 from projectrun import cache
 from projectrun.envs import Context, get_kind, interpreters
@@ -266,28 +267,6 @@ def _findable(version: str) -> bool:
 
 # --- concurrency and interruption (subprocess builders) ---------------------------------
 
-SLOW_BACKEND = '''
-"""A PEP 517 backend that can stall, so a test can kill a build mid-install."""
-import os, pathlib, time, zipfile
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    if os.environ.get("SLOWPKG_FLAG"):
-        pathlib.Path(os.environ["SLOWPKG_FLAG"]).write_text("started")
-    time.sleep(float(os.environ.get("SLOWPKG_SLEEP", "0")))
-    name = "slowpkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as zf:
-        zf.writestr("slowpkg.py", "VALUE = 42\\n")
-        zf.writestr("slowpkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\\nName: slowpkg\\nVersion: 1.0\\n")
-        zf.writestr("slowpkg-1.0.dist-info/WHEEL",
-                    "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n")
-        zf.writestr("slowpkg-1.0.dist-info/RECORD",
-                    "slowpkg.py,,\\nslowpkg-1.0.dist-info/METADATA,,\\n"
-                    "slowpkg-1.0.dist-info/WHEEL,,\\nslowpkg-1.0.dist-info/RECORD,,\\n")
-    return name
-'''
 
 CHILD = """
 import json, sys
@@ -302,11 +281,7 @@ print(json.dumps({"key": prepared.key, "build_id": meta["build_id"], "messages":
 
 
 def slow_project(root: Path) -> Path:
-    return make_project(root, f'python: "{CURRENT}"\ndependencies: [six, ./slowpkg]\n', {
-        "slowpkg/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
-                                  'backend-path = ["."]\n\n[project]\nname = "slowpkg"\nversion = "1.0"\n',
-        "slowpkg/backend.py": SLOW_BACKEND,
-    })
+    return make_project(root, f'python: "{CURRENT}"\ndependencies: [six, ./slowpkg]\n', slowpkg.FILES)
 
 
 def child(project_dir: Path, **env: str) -> subprocess.Popen[str]:

@@ -20,39 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import slowpkg
 from conftest import CliRunner, child_env, client_for
 
 CURRENT = ".".join(map(str, sys.version_info[:2]))
 
 #: A PEP 517 backend that records its pid and stalls, so a signal lands mid-install.
-SLOW_BACKEND = '''
-import os, pathlib, time, zipfile
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    flag = os.environ.get("SLOWPKG_FLAG")
-    if flag:
-        pathlib.Path(flag + ".tmp").write_text(str(os.getpid()))
-        os.replace(flag + ".tmp", flag)
-    time.sleep(float(os.environ.get("SLOWPKG_SLEEP", "0")))
-    name = "slowpkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as zf:
-        zf.writestr("slowpkg.py", "VALUE = 42\\n")
-        zf.writestr("slowpkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\\nName: slowpkg\\nVersion: 1.0\\n")
-        zf.writestr("slowpkg-1.0.dist-info/WHEEL",
-                    "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n")
-        zf.writestr("slowpkg-1.0.dist-info/RECORD",
-                    "slowpkg.py,,\\nslowpkg-1.0.dist-info/METADATA,,\\n"
-                    "slowpkg-1.0.dist-info/WHEEL,,\\nslowpkg-1.0.dist-info/RECORD,,\\n")
-    return name
-'''
-SLOWPKG = {
-    "slowpkg/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
-                              'backend-path = ["."]\n\n[project]\nname = "slowpkg"\nversion = "1.0"\n',
-    "slowpkg/backend.py": SLOW_BACKEND,
-}
+SLOWPKG = slowpkg.FILES
 
 #: An entry point that records its pid, its group and a grandchild, and how it found its signal
 #: dispositions, then waits. MODE ``ignore-term``: it (and the grandchild) ignore SIGTERM;
@@ -116,6 +90,7 @@ class Launch:
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str],
                  prefix: list[str] | None = None) -> None:
+        self.args, self.cwd, self.env = args, cwd, env
         self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "projectrun", *args],
                                      cwd=cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -299,6 +274,25 @@ def _interrupted_build(launch: Launch, flag: Path, sig: int) -> tuple[int, str]:
     return returncode, err
 
 
+def _killed_then_rebuilt(launch: Launch, launches: list[Launch], flag: Path, sig: int, code: int,
+                         kind: str) -> None:
+    """Stop ``launch`` while slowpkg builds: the run is KILLED and no env is complete; the next
+    launch builds the env again (the package really rebuilt, not a half-built env reused)."""
+    launches.append(launch)
+    returncode, err = _interrupted_build(launch, flag, sig)
+    assert returncode == code, err
+    (run,) = runs(launch.cwd)
+    assert run.info.status == "KILLED"
+    assert not any(e["complete"] for e in entries(Path(launch.env["PROJECTRUN_HOME"])))
+    flag.unlink()
+    again = subprocess.run([sys.executable, "-m", "projectrun", *launch.args], cwd=launch.cwd,
+                           env={**launch.env, "SLOWPKG_SLEEP": "0"}, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    assert f"building {kind} env" in again.stderr and "value 42" in again.stdout
+    assert flag.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code", STOPS)
 def test_signal_during_a_uv_build(workdir: Path, tmp_path: Path, launches: list[Launch],
@@ -308,21 +302,7 @@ def test_signal_during_a_uv_build(workdir: Path, tmp_path: Path, launches: list[
     project = slow_python_project(tmp_path / "p")
     home, flag = tmp_path / "home", tmp_path / "backend.pid"
     env = child_env({"PROJECTRUN_HOME": str(home), "SLOWPKG_FLAG": str(flag), "SLOWPKG_SLEEP": "600"})
-    launch = Launch([str(project)], workdir, env)
-    launches.append(launch)
-    returncode, err = _interrupted_build(launch, flag, sig)
-    assert returncode == code, err
-    (run,) = runs(workdir)
-    assert run.info.status == "KILLED"
-    assert not any(e["complete"] for e in entries(home))
-
-    flag.unlink()
-    again = subprocess.run([sys.executable, "-m", "projectrun", str(project)], cwd=workdir,
-                           env={**env, "SLOWPKG_SLEEP": "0"}, capture_output=True, text=True,
-                           timeout=300, check=False)
-    assert again.returncode == 0, again.stderr
-    assert "building python env" in again.stderr and "value 42" in again.stdout
-    assert flag.exists()  # the package was really built again, not taken from a half-built venv
+    _killed_then_rebuilt(Launch([str(project)], workdir, env), launches, flag, sig, code, "python")
 
 
 @pytest.mark.slow
@@ -366,18 +346,7 @@ def test_signal_during_a_conda_build(workdir: Path, tmp_path: Path, launches: li
     home, flag = tmp_path / "home", tmp_path / "backend.pid"
     env = child_env({"PROJECTRUN_HOME": str(home), "SLOWPKG_FLAG": str(flag),
                      "SLOWPKG_SLEEP": "600", **conda_env})
-    launch = Launch([str(project)], workdir, env)
-    launches.append(launch)
-    returncode, err = _interrupted_build(launch, flag, sig)
-    assert returncode == code, err
-    assert runs(workdir)[0].info.status == "KILLED"
-    assert not any(e["complete"] for e in entries(home))
-    flag.unlink()
-    again = subprocess.run([sys.executable, "-m", "projectrun", str(project)], cwd=workdir,
-                           env={**env, "SLOWPKG_SLEEP": "0"}, capture_output=True, text=True,
-                           timeout=300, check=False)
-    assert again.returncode == 0, again.stderr
-    assert "building conda env" in again.stderr and "value 42" in again.stdout
+    _killed_then_rebuilt(Launch([str(project)], workdir, env), launches, flag, sig, code, "conda")
 
 
 @pytest.mark.slow

@@ -240,19 +240,25 @@ def test_trials_run_on_every_node_and_are_recorded_like_local_ones(
     assert ray_child.data.tags["projectrun.command"] == local_child.data.tags["projectrun.command"]
 
 
-def test_ctrl_c_kills_the_trials_in_flight_and_resume_runs_the_rest(
-        workdir: Path, cli: CliRunner, ray_cluster: Cluster) -> None:
+def _held_sweep(workdir: Path, cluster: Cluster, head: str) -> tuple[Path, Path, subprocess.Popen[str],
+                                                                     list[dict[str, object]]]:
+    """A Ray sweep (-j 2) whose trials wait while the file ``hold`` exists: (sweep file, hold,
+    the driver process, the two trials running)."""
     out, hold = workdir / "pids", workdir / "hold"
     out.mkdir()
     hold.write_text("")
-    # a sqlite store in the working directory: every node is on this host, so it is allowed
-    sweep = _sweep_file(workdir, f"parameters:\n  alpha: [1, 2, 3, 4]\n  sleep: 120\n  hold: {hold}\n"
-                                 f"  out: {out}\n")
+    sweep = _sweep_file(workdir, f"{head}  sleep: 120\n  hold: {hold}\n  out: {out}\n")
     env = child_env({"PROJECTRUN_HOME": os.environ["PROJECTRUN_HOME"]})
     proc = subprocess.Popen([sys.executable, "-m", "projectrun", "sweep", str(sweep), "--address",
-                             ray_cluster.address, "-j", "2"], cwd=workdir, env=env,
+                             cluster.address, "-j", "2"], cwd=workdir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running = _wait_for_pids(out, 2, proc)
+    return sweep, hold, proc, _wait_for_pids(out, 2, proc)
+
+
+def test_ctrl_c_kills_the_trials_in_flight_and_resume_runs_the_rest(
+        workdir: Path, cli: CliRunner, ray_cluster: Cluster) -> None:
+    # a sqlite store in the working directory: every node is on this host, so it is allowed
+    sweep, hold, proc, running = _held_sweep(workdir, ray_cluster, "parameters:\n  alpha: [1, 2, 3, 4]\n")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -283,16 +289,8 @@ def test_ctrl_c_kills_the_trials_in_flight_and_resume_runs_the_rest(
 def test_a_lost_node_fails_its_attempt_and_the_retry_runs_elsewhere(
         workdir: Path, ray_cluster: Cluster) -> None:
     """Runs last: it takes the worker node away."""
-    out, hold = workdir / "pids", workdir / "hold"
-    out.mkdir()
-    hold.write_text("")
-    sweep = _sweep_file(workdir, f"retries: 1\nray: {{num_cpus: 1}}\nparameters:\n  alpha: [1, 2]\n"
-                                 f"  sleep: 120\n  hold: {hold}\n  out: {out}\n")
-    env = child_env({"PROJECTRUN_HOME": os.environ["PROJECTRUN_HOME"]})
-    proc = subprocess.Popen([sys.executable, "-m", "projectrun", "sweep", str(sweep), "--address",
-                             ray_cluster.address, "-j", "2"], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running = _wait_for_pids(out, 2, proc)
+    _, hold, proc, running = _held_sweep(
+        workdir, ray_cluster, "retries: 1\nray: {num_cpus: 1}\nparameters:\n  alpha: [1, 2]\n")
     on_worker = next(p for p in running if p["node"] == "worker")
     ray_cluster.kill_node("worker")
     store = f"sqlite:///{workdir / 'mlflow.db'}"
