@@ -165,6 +165,7 @@ def plan(request: LaunchRequest, report: Reporter = quiet,
 
 
 def _check_storage_dir(storage_dir: str | None) -> None:
+    """Found before the run exists: a file there would fail the run only after it started."""
     if storage_dir and os.path.exists(storage_dir) and not os.path.isdir(storage_dir):
         raise UsageError(f"--storage-dir {storage_dir}: not a directory; give a folder for the "
                          f"downloads of remote path params (it is created if missing)")

@@ -319,8 +319,9 @@ def _local_store_dir(uri: str) -> str | None:
 
 
 def _store_records(uri: str | None, context: Path) -> list[str]:
-    """The launch's local store, as .dockerignore lines, when it lies inside the build context:
-    it changes with every run, and the container sees it through a mount anyway."""
+    """The launch's local store (paths relative to the context, taken literally) when it lies
+    inside the build context: it changes with every run, and the container sees it through a
+    mount anyway."""
     if not uri:
         return []
     store = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else _local_path(uri)
