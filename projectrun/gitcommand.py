@@ -93,6 +93,14 @@ def git_env(protocols: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def check_reachable(url: str) -> None:
+    """A ``file://`` remote whose directory is gone is unreachable, like a host that is down
+    (git says "does not appear to be a git repository", which reads as a wrong URL)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file" and not Path(urllib.parse.unquote(parsed.netloc + parsed.path)).exists():
+        raise NetworkError(f"cannot reach {strip_credentials(url)} (no such directory any more)")
+
+
 def git(args: list[str], cwd: Path | None = None, *, url: str | None = None,
          protocols: tuple[str, ...] = PROTOCOLS, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run git; on failure raise a one-line SourceError/NetworkError naming the (stripped) URL."""

@@ -21,7 +21,6 @@ import re
 import shutil
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from projectrun.errors import NetworkError, SourceError, UsageError
 from projectrun.gitcommand import (  # noqa: F401 - PROTOCOLS, is_git_url: re-exported as gitsource.*
     PROTOCOLS,
     SUBMODULE_PROTOCOLS,
+    check_reachable,
     check_url,
     git,
     git_error,
@@ -121,7 +121,7 @@ def _refresh(url: str, mirror: Path, version: str | None, offline: bool, report:
         return False  # a full commit sha already in the mirror cannot change: skip the round-trip
     report(f"fetching {safe}")
     try:
-        _check_file_remote(url)
+        check_reachable(url)
         git(["fetch", "--prune", "--quiet", "--", url, *REFSPECS], mirror, url=url)
     except NetworkError as exc:
         if _resolve(mirror, version) is None:
@@ -132,14 +132,6 @@ def _refresh(url: str, mirror: Path, version: str | None, offline: bool, report:
         return False
     _fix_head(url, mirror)
     return True
-
-
-def _check_file_remote(url: str) -> None:
-    """A ``file://`` remote whose directory is gone is unreachable, like a host that is down
-    (git says "does not appear to be a git repository", which reads as a wrong URL)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file" and not Path(urllib.parse.unquote(parsed.netloc + parsed.path)).exists():
-        raise NetworkError(f"cannot reach {strip_credentials(url)} (no such directory any more)")
 
 
 def _resolve(mirror: Path, version: str | None) -> tuple[str, str | None] | None:
