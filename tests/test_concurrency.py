@@ -48,10 +48,10 @@ def runs(workdir: Path) -> list:  # type: ignore[type-arg]
 
 
 def sweep(project: Path, workdir: Path, home: Path, name: str) -> subprocess.Popen[str]:
-    """A sweep of 4 trials (-j 2) of ``project``, into the Default experiment like the launches."""
+    """A sweep of 2 trials (-j 2) of ``project``, into the Default experiment like the launches."""
     file = workdir / f"{name}.yaml"
     file.write_text(f"project: {project}\nexperiment: Default\nname: {name}\n"
-                    f"parameters:\n  word: [{name}-0, {name}-1, {name}-2, {name}-3]\nparallel: 2\n")
+                    f"parameters:\n  word: [{name}-0, {name}-1]\nparallel: 2\n")
     return subprocess.Popen([sys.executable, "-m", "projectrun", "sweep", str(file)], cwd=workdir,
                             env=child_env({"PROJECTRUN_HOME": str(home)}), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -74,10 +74,10 @@ def test_sixteen_launches_and_two_sweeps_at_once_record_every_run_and_build_once
     recorded = runs(workdir)
     parents = [r for r in recorded if "mlflow.parentRunId" not in r.data.tags and "word" not in r.data.params]
     trials = [r for r in recorded if "mlflow.parentRunId" in r.data.tags]
-    assert len(recorded) == PARALLEL + 2 + 8 and len(parents) == 2 and len(trials) == 8
+    assert len(recorded) == PARALLEL + 2 + 4 and len(parents) == 2 and len(trials) == 4
     assert all(r.info.status == "FINISHED" for r in recorded)
     words = sorted(r.data.params["word"] for r in recorded if "word" in r.data.params)
-    assert words == sorted([f"w{i}" for i in range(PARALLEL)] + [f"s{n}-{i}" for n in range(2) for i in range(4)])
+    assert words == sorted([f"w{i}" for i in range(PARALLEL)] + [f"s{n}-{i}" for n in range(2) for i in range(2)])
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {p.info.run_id for p in parents}
     assert len({r.data.tags["projectrun.env.key"] for r in recorded if "word" in r.data.params}) == 1
     listed = subprocess.run([sys.executable, "-m", "projectrun", "envs", "list", "--json"],

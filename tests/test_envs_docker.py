@@ -122,7 +122,8 @@ def test_launches_from_the_project_folder_reuse_the_image(
     """The quick start's way: `projectrun .` in the project, so the default store (mlflow.db,
     mlruns/) lands in the build context. Before, every launch changed it and built a new image;
     a store named by MLFLOW_TRACKING_URI inside the project is left out the same way."""
-    proj = docker_project(tmp_path / "proj", docker_image)
+    # a command of its own: another test's image of the same files is in the session's cache
+    proj = docker_project(tmp_path / "proj", docker_image, command="python3 show.py from-folder")
     (proj / "pkg" / "__pycache__").mkdir(parents=True)
     (proj / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"stale")
     launches = [cli(".", cwd=proj, env=denv) for _ in range(3)]

@@ -307,7 +307,9 @@ def test_parallel_builders_build_once(tmp_path: Path) -> None:
 def test_killed_build_is_never_reused(tmp_path: Path, home: Path) -> None:
     proj = slow_project(tmp_path / "p")
     flag = tmp_path / "started"
-    proc = child(proj, SLOWPKG_FLAG=str(flag), SLOWPKG_SLEEP="60")
+    # The installer runs in a process group of its own, so the SIGKILL below orphans it and the
+    # rebuild waits for it (it holds the build lock): its stall is kept short.
+    proc = child(proj, SLOWPKG_FLAG=str(flag), SLOWPKG_SLEEP="8")
     deadline = time.monotonic() + 60
     while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
