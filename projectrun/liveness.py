@@ -17,6 +17,9 @@ TAG_HOST = "projectrun.launcher.host"
 TAG_PID = "projectrun.launcher.pid"
 TAG_IDENTITY = "projectrun.launcher.identity"
 TAG_RECONCILED = "projectrun.reconciled"
+#: where the launcher keeps the run's output until the run ends: a reconcile uploads what a
+#: killed launcher left there, so its output is not lost with it
+TAG_LOG = "projectrun.launcher.log"
 
 ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
 

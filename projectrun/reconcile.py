@@ -7,8 +7,10 @@ do this for it; ``projectrun runs reconcile`` does it on demand.
 """
 from __future__ import annotations
 
+import shutil
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from projectrun import liveness, tracking
 from projectrun.report import Reporter
@@ -37,10 +39,23 @@ def reconcile(tracker: tracking.Tracker, experiment_id: str, *, dry_run: bool = 
         verdict = liveness.judge(tags)
         ended = verdict.state == liveness.DEAD and not dry_run
         if ended:
-            tracker.set_tags(run_id, {liveness.TAG_RECONCILED: f"ended FAILED: {verdict.reason}"})
+            note = _recover_log(tracker, run_id, tags.get(liveness.TAG_LOG, ""))
+            tracker.set_tags(run_id, {liveness.TAG_RECONCILED: f"ended FAILED: {verdict.reason}{note}"})
             tracker.terminate(run_id, tracking.FAILED)
         findings.append(Finding(run_id, experiment_id, verdict.state, verdict.reason, ended))
     return findings
+
+
+def _recover_log(tracker: tracking.Tracker, run_id: str, recorded: str) -> str:
+    """Upload the output a killed launcher left in its temp dir (on this host, which judged it
+    dead), then remove that dir; returns what to add to the reconciled tag."""
+    log = Path(recorded) if recorded else None
+    if log is None or not log.is_file() or not log.parent.name.startswith("projectrun-"):
+        return ""
+    if log.stat().st_size:
+        tracker.log_artifact(run_id, log, tracking.LOG_ARTIFACT_DIR)
+    shutil.rmtree(log.parent, ignore_errors=True)
+    return f"; its output was recovered into {tracking.LOG_ARTIFACT_DIR}/{tracking.LOG_FILE_NAME}"
 
 
 def quietly(tracker: tracking.Tracker, experiment_id: str, skip: Collection[str],

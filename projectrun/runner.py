@@ -329,8 +329,10 @@ class _Attempt:
         if request.run_id:
             self.run_id = request.run_id
         else:
-            self.run_id = self.tracker.create_run(self.experiment_id, run_tags(self.plan), {},
-                                                  request.run_name)
+            tags = run_tags(self.plan)
+            if not self.keep_log:  # a temp file: if we are killed, a reconcile takes it
+                tags[liveness.TAG_LOG] = str(self.log_path)
+            self.run_id = self.tracker.create_run(self.experiment_id, tags, {}, request.run_name)
             self.pending = dict(self.plan.params.logged)
         if request.echo:
             self.report(f"run {self.run_id} started in experiment {self.experiment_id} "

@@ -22,7 +22,8 @@ def sleeper(tmp_path: Path) -> Path:
     proj = tmp_path / "sleeper"
     proj.mkdir(parents=True)
     (proj / "MLproject").write_text(
-        "name: sleeper\nentry_points:\n  main:\n    command: \"echo $$ > child.pid && sleep 300\"\n")
+        "name: sleeper\nentry_points:\n  main:\n    command: \"echo sleeper-output && echo $$ > child.pid && "
+        "sleep 300\"\n")
     return proj
 
 
@@ -47,9 +48,15 @@ def kill_child(proj: Path) -> None:
     (proj / "child.pid").unlink()
 
 
-def killed_launch(proj: Path, workdir: Path, extra: dict[str, str] | None = None) -> None:
-    """A launch whose launcher dies by SIGKILL (its entry point is cleaned up by the test)."""
-    proc = start_launch(proj, workdir, extra)
+def killed_launch(proj: Path, workdir: Path, extra: dict[str, str] | None = None,
+                  tmpdir: Path | None = None) -> None:
+    """A launch whose launcher dies by SIGKILL (its entry point is cleaned up by the test); with
+    ``tmpdir`` (its TMPDIR), only once its log there holds the entry point's first line."""
+    proc = start_launch(proj, workdir, {**(extra or {}), **({"TMPDIR": str(tmpdir)} if tmpdir else {})})
+    deadline = time.monotonic() + 60
+    while tmpdir and not any("sleeper-output" in p.read_text() for p in tmpdir.glob("projectrun-*/output.log")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     kill_child(proj)
@@ -63,8 +70,9 @@ def test_reconcile_ends_only_runs_whose_launcher_is_gone(cli: CliRunner, workdir
                                                          tmp_path: Path) -> None:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     live = start_launch(sleeper(tmp_path / "live"), workdir)  # its launcher stays alive
-    proj = sleeper(tmp_path)
-    killed_launch(proj, workdir)  # (its own reconcile leaves the live run alone)
+    proj, tmpdir = sleeper(tmp_path), tmp_path / "tmp"
+    tmpdir.mkdir()
+    killed_launch(proj, workdir, tmpdir=tmpdir)  # (its own reconcile leaves the live run alone)
     client = client_for(uri)
     [orphan] = [r for r in runs_of(uri) if r.data.tags["projectrun.launcher.pid"] != str(live.pid)]
     assert orphan.info.status == "RUNNING"
@@ -89,6 +97,11 @@ def test_reconcile_ends_only_runs_whose_launcher_is_gone(cli: CliRunner, workdir
         assert "ended 2" in res.stderr
         ended = client.get_run(orphan.info.run_id)
         assert ended.info.status == "FAILED" and "is gone" in ended.data.tags["projectrun.reconciled"]
+        # what the killed launcher had logged is not lost: uploaded, and its temp dir removed
+        assert "output was recovered" in ended.data.tags["projectrun.reconciled"]
+        log = client.download_artifacts(orphan.info.run_id, "projectrun/output.log", str(tmp_path))
+        assert Path(log).read_text().startswith("sleeper-output")
+        assert list(tmpdir.iterdir()) == []
         for run_id in (other_host, foreign):
             assert client.get_run(run_id).info.status == "RUNNING"
         alive = [r for r in runs_of(uri) if r.info.run_id not in (orphan.info.run_id, other_host,
