@@ -96,13 +96,19 @@ def retry_seconds() -> float:
     return settings.current().tracking_retry
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The database file a ``sqlite:///`` URI names (query dropped, %-escapes decoded), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return urllib.parse.unquote(uri[len("sqlite:///"):].partition("?")[0])
+
+
 def _refuse_other_revision(uri: str) -> None:
     """MLflow's client too must not open (and auto-upgrade) another MLflow version's database."""
     import sqlite3
-    import urllib.parse
 
-    path = urllib.parse.unquote(uri[len("sqlite:///"):].partition("?")[0])
-    if not os.path.isfile(path):
+    path = sqlite_file(uri)
+    if path is None or not os.path.isfile(path):
         return
     from projectrun.stores.sqlite import check_revision
 

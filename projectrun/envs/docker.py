@@ -35,6 +35,7 @@ from projectrun.envs import Context, Invocation
 from projectrun.envs.dockerignore import context_files
 from projectrun.errors import EnvBuildError, UsageError
 from projectrun.spec import DockerEnv, Project
+from projectrun.tracking import sqlite_file
 
 NAME = "docker"
 CODE_DIR = "/mlflow/projects/code"
@@ -313,9 +314,8 @@ def _local_path(uri: str) -> str | None:
 
 def _local_store_dir(uri: str) -> str | None:
     """The directory a container must see for a local file or sqlite store."""
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri[len("sqlite:///"):]).parent)
-    return _local_path(uri)
+    db = sqlite_file(uri)
+    return str(Path(db).parent) if db is not None else _local_path(uri)
 
 
 def _store_records(uri: str | None, context: Path) -> list[str]:
@@ -324,7 +324,8 @@ def _store_records(uri: str | None, context: Path) -> list[str]:
     mount anyway."""
     if not uri:
         return []
-    store = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else _local_path(uri)
+    db = sqlite_file(uri)
+    store = db if db is not None else _local_path(uri)
     if not store:
         return []
     try:
@@ -333,7 +334,7 @@ def _store_records(uri: str | None, context: Path) -> list[str]:
         return []
     if rel == ".":
         return []
-    suffixes = ("", "-journal", "-wal", "-shm") if uri.startswith("sqlite:") else ("",)
+    suffixes = ("", "-journal", "-wal", "-shm") if db is not None else ("",)
     return [rel + s for s in suffixes]
 
 

@@ -37,9 +37,9 @@ RETRY_AFTER_CAP = 2.0
 MULTIPART_MIN = 500 * 1024**2  # MLflow's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE default
 
 
-
 def _timeout() -> float:
     return settings.current().http_timeout
+
 
 class RestError(Exception):
     """The server refused a call; str() is one line, ``ERROR_CODE: message`` as MLflow reports it."""
